@@ -1,0 +1,29 @@
+-- expire.lua: the reaper's step for one SKU: expire up to #ARGV - 2 holds
+-- whose expiry has passed and return their units. Prefixed with hold_lib.lua.
+--
+-- KEYS[1]  expiry index  <prefix>:{sku}:expiry
+-- ARGV[1]  key base      <prefix>:{sku}:
+-- ARGV[2]  now, unix ms
+-- ARGV[3..] fresh event ids, one per hold this call may expire
+--
+-- Reply: {expired, still_due}: holds expired now, and how many due holds
+-- remain for the next call (non-zero when the batch was full).
+
+local expiry_key = KEYS[1]
+local base, now_ms = ARGV[1], tonumber(ARGV[2])
+local batch = #ARGV - 2
+
+local due = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms, 'LIMIT', 0, batch)
+local expired = 0
+for i, hold_id in ipairs(due) do
+  local hold = read_hold(base .. 'h:' .. hold_id)
+  if hold and hold.state == 'held' then
+    if expire_if_due(base, hold_id, hold, ARGV[2 + i], now_ms) then
+      expired = expired + 1
+    end
+  else
+    -- Settled elsewhere; the index entry is stale.
+    redis.call('ZREM', expiry_key, hold_id)
+  end
+end
+return {expired, redis.call('ZCOUNT', expiry_key, '-inf', now_ms)}

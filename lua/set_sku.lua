@@ -1,0 +1,60 @@
+-- set_sku.lua: create a SKU, replace its settings, or adjust its stock, and
+-- append the adjustment event. Refuses to put on_hand below held + sold.
+--
+-- KEYS[1]  stock hash    <prefix>:{sku}:stock
+-- KEYS[2]  event stream  <prefix>:{sku}:events
+-- ARGV[1]  mode: "put" (ARGV[2] is the new on_hand; ARGV[3..5] replace the
+--          settings) or "adjust" (ARGV[2] is a delta; settings unchanged)
+-- ARGV[2]  on_hand or delta
+-- ARGV[3]  per_customer_limit   (put only)
+-- ARGV[4]  hold_ttl_ms          (put only)
+-- ARGV[5]  max_extensions       (put only)
+-- ARGV[6]  event id (fresh UUID)
+-- ARGV[7]  now, unix ms
+-- ARGV[8]  gate epoch (used when the SKU is created)
+-- ARGV[9]  sku number from the ledger (used when the SKU is created)
+-- ARGV[10] reason, recorded with the movement
+-- ARGV[11] consumer group of the commit worker
+--
+-- Reply:
+--   {"created" | "updated", on_hand, held, sold, limit, ttl_ms, max_ext}
+--   {"conflict", requested_on_hand, held, sold}
+--   {"no_sku"}    adjust of a SKU that does not exist
+
+local stock_key, events_key = KEYS[1], KEYS[2]
+local mode, amount = ARGV[1], tonumber(ARGV[2])
+local event_id, now_ms, reason = ARGV[6], ARGV[7], ARGV[10]
+
+local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'max_ext', 'epoch')
+local outcome = 'updated'
+if not s[1] then
+  if mode ~= 'put' then
+    return {'no_sku'}
+  end
+  outcome = 'created'
+  s = {'0', '0', '0', ARGV[3], ARGV[4], ARGV[5], ARGV[8]}
+end
+local on_hand, held, sold = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+local limit, ttl_ms, max_ext, epoch = s[4], s[5], s[6], s[7]
+
+local new_on_hand = amount
+if mode == 'adjust' then
+  new_on_hand = on_hand + amount
+else
+  limit, ttl_ms, max_ext = ARGV[3], ARGV[4], ARGV[5]
+end
+if new_on_hand < held + sold then
+  return {'conflict', new_on_hand, held, sold}
+end
+
+if outcome == 'created' then
+  redis.call('HSET', stock_key, 'held', 0, 'sold', 0, 'epoch', epoch, 'sku_no', ARGV[9])
+  local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events_key, ARGV[11], '0', 'MKSTREAM')
+  if not ok and not string.find(tostring(err), 'BUSYGROUP') then
+    return redis.error_reply(tostring(err))
+  end
+end
+redis.call('HSET', stock_key, 'on_hand', new_on_hand, 'limit', limit, 'ttl_ms', ttl_ms, 'max_ext', max_ext)
+redis.call('XADD', events_key, epoch .. '-*', 't', 'adjust', 'i', event_id, 'm', now_ms,
+  'd', new_on_hand - on_hand, 'l', limit, 'ttl', ttl_ms, 'x', max_ext, 'r', reason)
+return {outcome, new_on_hand, held, sold, tonumber(limit), tonumber(ttl_ms), tonumber(max_ext)}

@@ -1,0 +1,445 @@
+//! The operations of dropgate, across the gate and the ledger. The HTTP layer
+//! parses requests into domain values, calls these, and maps the outcomes.
+
+use crate::domain::{
+    now_ms, time_from_ms, CustomerId, Hold, HoldId, HoldState, IdempotencyKey, Position, Quantity,
+    Sku, SkuId, SkuSettings,
+};
+use crate::gate::{
+    Admission, Gate, GateError, GateHold, GateSku, SkuChange, StockChange, Transition,
+};
+use crate::ledger::{Ledger, LedgerError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use uuid::Uuid;
+
+/// Infrastructure failures; each maps to 503 `unavailable` or an opaque 500.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The gate is being rebuilt from the ledger.
+    #[error("the gate is not built")]
+    GateNotBuilt,
+}
+
+impl AppError {
+    /// Which dependency failed, for the client (never the error text).
+    pub fn dependency(&self) -> &'static str {
+        match self {
+            Self::Gate(_) | Self::GateNotBuilt => "redis",
+            Self::Ledger(_) => "postgres",
+        }
+    }
+}
+
+/// An admission as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub outcome: Admission,
+    /// The hold, when the outcome (or the replayed one) holds units.
+    pub hold: Option<Hold>,
+}
+
+/// The result of a hold transition as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    Ok(Hold),
+    /// The hold is in a state that forbids the transition.
+    Conflict(HoldState),
+    ExtensionLimit,
+    NotFound,
+}
+
+/// The result of a stock change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkuOutcome {
+    Created(Sku),
+    Updated(Sku),
+    Conflict {
+        requested: i64,
+        held: i64,
+        sold: i64,
+    },
+    NotFound,
+}
+
+/// Events read from a stream per ledger transaction when catching up inline.
+const FLUSH_BATCH_EVENTS: usize = 1000;
+
+#[derive(Clone)]
+pub struct Dropgate {
+    pub gate: Gate,
+    pub ledger: Ledger,
+    /// SKU → its ledger number, needed to mint hold ids. Never changes.
+    sku_numbers: Arc<RwLock<HashMap<SkuId, u32>>>,
+}
+
+impl Dropgate {
+    pub fn new(gate: Gate, ledger: Ledger) -> Self {
+        Self {
+            gate,
+            ledger,
+            sku_numbers: Arc::default(),
+        }
+    }
+
+    async fn sku_no(&self, sku: &SkuId) -> Result<Option<u32>, AppError> {
+        if let Some(no) = self
+            .sku_numbers
+            .read()
+            .ok()
+            .and_then(|m| m.get(sku).copied())
+        {
+            return Ok(Some(no));
+        }
+        let no = self.gate.sku_number(sku).await?;
+        if let (Some(no), Ok(mut map)) = (no, self.sku_numbers.write()) {
+            map.insert(sku.clone(), no);
+        }
+        Ok(no)
+    }
+
+    /// Admits a hold: one script in Redis, no Postgres.
+    pub async fn admit(
+        &self,
+        sku: &SkuId,
+        customer: &CustomerId,
+        quantity: Quantity,
+        key: &IdempotencyKey,
+    ) -> Result<Admitted, AppError> {
+        let Some(sku_no) = self.sku_no(sku).await? else {
+            return self.unknown_sku_admission().await;
+        };
+        let now = now_ms();
+        let hold_id = HoldId::generate(sku_no, now);
+        let fingerprint = fingerprint(customer, quantity);
+        let outcome = self
+            .gate
+            .admit(
+                sku,
+                hold_id,
+                Uuid::new_v4(),
+                customer,
+                quantity,
+                key,
+                &fingerprint,
+                now,
+            )
+            .await?;
+        if outcome == Admission::UnknownSku {
+            return self.unknown_sku_admission().await;
+        }
+        let held = match &outcome {
+            Admission::Held {
+                hold_id,
+                expires_at_ms,
+            } => Some((*hold_id, *expires_at_ms)),
+            Admission::Replayed(first) => match first.as_ref() {
+                Admission::Held {
+                    hold_id,
+                    expires_at_ms,
+                } => Some((*hold_id, *expires_at_ms)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let hold = held.map(|(hold_id, expires_at_ms)| Hold {
+            hold_id,
+            sku: sku.clone(),
+            customer_id: customer.as_str().to_owned(),
+            quantity: i64::from(quantity.get()),
+            state: HoldState::Held,
+            expires_at: time_from_ms(expires_at_ms),
+            extensions: 0,
+            durable: false,
+        });
+        Ok(Admitted { outcome, hold })
+    }
+
+    /// A SKU the gate does not have: unknown, or the gate lost its data.
+    async fn unknown_sku_admission(&self) -> Result<Admitted, AppError> {
+        self.require_gate().await?;
+        Ok(Admitted {
+            outcome: Admission::UnknownSku,
+            hold: None,
+        })
+    }
+
+    async fn require_gate(&self) -> Result<i64, AppError> {
+        self.gate.epoch().await?.ok_or(AppError::GateNotBuilt)
+    }
+
+    pub async fn hold(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
+        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+            return Ok(HoldOutcome::NotFound);
+        };
+        match self.gate.hold(&sku, hold_id).await? {
+            Some(hold) => {
+                // The ledger being away only means "not known to be durable".
+                let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
+                Ok(HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable)))
+            }
+            None => self.ledger_hold(hold_id).await,
+        }
+    }
+
+    /// A hold the gate no longer has (settled long ago): the ledger's view.
+    async fn ledger_hold(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
+        Ok(match self.ledger.hold(hold_id).await? {
+            Some(h) => HoldOutcome::Ok(Hold {
+                hold_id,
+                sku: h.sku,
+                customer_id: h.customer_id,
+                quantity: h.quantity,
+                state: h.state,
+                expires_at: h.expires_at,
+                extensions: h.extensions,
+                durable: true,
+            }),
+            None => HoldOutcome::NotFound,
+        })
+    }
+
+    /// Confirms a hold; answers only once the ledger has the confirmation.
+    pub async fn confirm(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
+        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+            return Ok(HoldOutcome::NotFound);
+        };
+        let (hold, up_to) = match self.gate.confirm(&sku, hold_id).await? {
+            Transition::Done { hold, position } => (hold, Some(position)),
+            Transition::Same { hold } => (hold, None),
+            Transition::Conflict { hold, position } => {
+                self.flush_quietly(&sku, position).await;
+                return Ok(HoldOutcome::Conflict(hold.state));
+            }
+            Transition::ExtensionLimit { .. } => return Ok(HoldOutcome::ExtensionLimit),
+            Transition::NoHold => {
+                return self.settled_elsewhere(hold_id, HoldState::Confirmed).await
+            }
+        };
+        self.flush(&sku, up_to).await?;
+        match self.ledger.hold(hold_id).await? {
+            Some(ledger) if ledger.state == HoldState::Confirmed => {
+                Ok(HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, true)))
+            }
+            Some(ledger) => Ok(HoldOutcome::Conflict(ledger.state)),
+            None => Err(LedgerError::Invariant(format!(
+                "confirmed hold {hold_id} not in the ledger"
+            ))
+            .into()),
+        }
+    }
+
+    /// Releases a hold; its units are available again at once.
+    pub async fn release(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
+        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+            return Ok(HoldOutcome::NotFound);
+        };
+        Ok(match self.gate.release(&sku, hold_id).await? {
+            Transition::Done { hold, position } => {
+                let durable = self.flush_quietly(&sku, Some(position)).await;
+                HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
+            }
+            Transition::Same { hold } => {
+                let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
+                HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
+            }
+            Transition::Conflict { hold, position } => {
+                self.flush_quietly(&sku, position).await;
+                HoldOutcome::Conflict(hold.state)
+            }
+            Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
+            Transition::NoHold => {
+                return self.settled_elsewhere(hold_id, HoldState::Released).await
+            }
+        })
+    }
+
+    /// Moves a held hold's expiry to now + the SKU's hold TTL.
+    pub async fn extend(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
+        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+            return Ok(HoldOutcome::NotFound);
+        };
+        Ok(match self.gate.extend(&sku, hold_id).await? {
+            Transition::Done { hold, .. } | Transition::Same { hold } => {
+                let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
+                HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
+            }
+            Transition::Conflict { hold, position } => {
+                self.flush_quietly(&sku, position).await;
+                HoldOutcome::Conflict(hold.state)
+            }
+            Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
+            Transition::NoHold => return self.settled_elsewhere(hold_id, HoldState::Held).await,
+        })
+    }
+
+    /// A transition asked of a hold the gate no longer keeps: answer from the
+    /// ledger (idempotent success when it is already in `wanted`).
+    async fn settled_elsewhere(
+        &self,
+        hold_id: HoldId,
+        wanted: HoldState,
+    ) -> Result<HoldOutcome, AppError> {
+        Ok(match self.ledger_hold(hold_id).await? {
+            HoldOutcome::Ok(hold) if hold.state == wanted => HoldOutcome::Ok(hold),
+            HoldOutcome::Ok(hold) => HoldOutcome::Conflict(hold.state),
+            other => other,
+        })
+    }
+
+    /// Writes a SKU's events to the ledger up to `up_to` (or all of them),
+    /// the same way the worker does. Safe beside a running worker.
+    pub async fn flush(&self, sku: &SkuId, up_to: Option<Position>) -> Result<(), AppError> {
+        loop {
+            let Some(ledger_sku) = self.ledger.sku(sku).await? else {
+                return Ok(());
+            };
+            if up_to.is_some_and(|up_to| ledger_sku.applied >= up_to) {
+                return Ok(());
+            }
+            let events = self
+                .gate
+                .events(sku, ledger_sku.applied, up_to, FLUSH_BATCH_EVENTS)
+                .await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let report = self
+                .ledger
+                .apply(&BTreeMap::from([(sku.clone(), events)]))
+                .await?;
+            crate::worker::record_apply(&report);
+        }
+    }
+
+    /// `flush` for callers whose answer does not depend on it; true if done.
+    async fn flush_quietly(&self, sku: &SkuId, up_to: Option<Position>) -> bool {
+        if up_to.is_none() {
+            return false;
+        }
+        match self.flush(sku, up_to).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%sku, %error, "ledger write deferred to the worker");
+                false
+            }
+        }
+    }
+
+    pub async fn sku(&self, sku: &SkuId) -> Result<Option<Sku>, AppError> {
+        match self.gate.sku(sku).await? {
+            Some(figures) => Ok(Some(api_sku(sku, &figures))),
+            None => {
+                self.require_gate().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub async fn skus(&self, after: Option<&SkuId>, limit: i64) -> Result<Vec<Sku>, AppError> {
+        let mut skus = Vec::new();
+        for row in self.ledger.skus(after, limit).await? {
+            if let Some(figures) = self.gate.sku(&row.sku).await? {
+                skus.push(api_sku(&row.sku, &figures));
+            }
+        }
+        Ok(skus)
+    }
+
+    /// Creates a SKU or replaces its settings and stock (`PUT`).
+    pub async fn put_sku(
+        &self,
+        sku: &SkuId,
+        settings: SkuSettings,
+    ) -> Result<SkuOutcome, AppError> {
+        let epoch = self.require_gate().await?;
+        let sku_no = self.ledger.ensure_sku(sku, &settings).await?;
+        self.gate.register_sku(sku_no, sku).await?;
+        let reason = format!("on_hand set to {} by PUT", settings.on_hand);
+        let change = self
+            .gate
+            .change_stock(sku, StockChange::Put { settings, sku_no }, &reason, epoch)
+            .await?;
+        self.finish_stock_change(sku, change).await
+    }
+
+    /// Adds `delta` (possibly negative) to a SKU's on_hand.
+    pub async fn adjust_sku(
+        &self,
+        sku: &SkuId,
+        delta: i64,
+        reason: &str,
+    ) -> Result<SkuOutcome, AppError> {
+        let epoch = self.require_gate().await?;
+        let change = self
+            .gate
+            .change_stock(sku, StockChange::Adjust { delta }, reason, epoch)
+            .await?;
+        self.finish_stock_change(sku, change).await
+    }
+
+    async fn finish_stock_change(
+        &self,
+        sku: &SkuId,
+        change: SkuChange,
+    ) -> Result<SkuOutcome, AppError> {
+        Ok(match change {
+            SkuChange::Created(figures) => {
+                self.flush(sku, None).await?;
+                SkuOutcome::Created(api_sku(sku, &figures))
+            }
+            SkuChange::Updated(figures) => {
+                self.flush(sku, None).await?;
+                SkuOutcome::Updated(api_sku(sku, &figures))
+            }
+            SkuChange::Conflict {
+                requested,
+                held,
+                sold,
+            } => SkuOutcome::Conflict {
+                requested,
+                held,
+                sold,
+            },
+            SkuChange::UnknownSku => SkuOutcome::NotFound,
+        })
+    }
+}
+
+/// Same customer and quantity, same fingerprint: what makes a replay.
+fn fingerprint(customer: &CustomerId, quantity: Quantity) -> String {
+    let digest = sha1_smol::Sha1::from(format!("{}\n{}", customer.as_str(), quantity.get()))
+        .digest()
+        .to_string();
+    digest[..16].to_owned()
+}
+
+fn api_hold(hold_id: HoldId, sku: &SkuId, hold: &GateHold, durable: bool) -> Hold {
+    Hold {
+        hold_id,
+        sku: sku.clone(),
+        customer_id: hold.customer_id.clone(),
+        quantity: hold.quantity,
+        state: hold.state,
+        expires_at: time_from_ms(hold.expires_at_ms),
+        extensions: hold.extensions,
+        durable,
+    }
+}
+
+fn api_sku(sku: &SkuId, figures: &GateSku) -> Sku {
+    Sku {
+        sku: sku.clone(),
+        on_hand: figures.on_hand,
+        available: figures.on_hand - figures.held - figures.sold,
+        held: figures.held,
+        sold: figures.sold,
+        per_customer_limit: figures.per_customer_limit,
+        hold_ttl_ms: figures.hold_ttl_ms,
+        max_extensions: figures.max_extensions,
+    }
+}

@@ -1,0 +1,242 @@
+//! Configuration: every variable of shared/API.md, each also a flag. Values
+//! are checked here, so a bad one stops start-up with one line naming it.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/dropgate";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dropgate",
+    version,
+    about = "Flash-sale gatekeeper: Redis decides fast, Postgres remembers forever."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API, with the commit worker and the reaper in the same process.
+    Serve(ServeConfig),
+    /// Zero-setup local run: find or start Redis and Postgres, migrate, seed a
+    /// demo drop, serve.
+    Dev(DevConfig),
+    /// Create the database if missing and apply migrations.
+    Migrate(StoreConfig),
+    /// Run only the commit worker: stream events into the ledger.
+    Worker(StoreConfig),
+}
+
+/// Where the two stores are.
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// Postgres ledger; the database is created if missing.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL",
+          default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url,
+          hide_env_values = true)]
+    pub database_url: String,
+
+    /// Redis gate.
+    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL",
+          default_value = DEFAULT_REDIS_URL, value_parser = parse_redis_url,
+          hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Redis key prefix, so several deployments or tests share one Redis.
+    #[arg(long, env = "DROPGATE_KEY_PREFIX", value_name = "DROPGATE_KEY_PREFIX",
+          default_value = "dg", value_parser = parse_key_prefix)]
+    pub key_prefix: String,
+
+    /// Timeout of every Redis and Postgres call, in milliseconds.
+    #[arg(long, env = "DROPGATE_STORE_TIMEOUT_MS", value_name = "DROPGATE_STORE_TIMEOUT_MS",
+          default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub store_timeout_ms: u64,
+}
+
+impl StoreConfig {
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub stores: StoreConfig,
+
+    /// HTTP address.
+    #[arg(
+        long,
+        env = "DROPGATE_LISTEN",
+        value_name = "DROPGATE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Bearer token for admin endpoints; without it they refuse all.
+    #[arg(long, env = "DROPGATE_ADMIN_TOKEN", value_name = "DROPGATE_ADMIN_TOKEN",
+          value_parser = parse_token, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Comma-separated bearer tokens for storefront endpoints.
+    #[arg(long, env = "DROPGATE_STOREFRONT_TOKENS", value_name = "DROPGATE_STOREFRONT_TOKENS",
+          value_delimiter = ',', value_parser = parse_token, hide_env_values = true)]
+    pub storefront_tokens: Vec<String>,
+
+    /// Admission requests per second per customer_id (burst = same number); 0 = off.
+    #[arg(
+        long,
+        env = "DROPGATE_CUSTOMER_RPS",
+        value_name = "DROPGATE_CUSTOMER_RPS",
+        default_value_t = 10
+    )]
+    pub customer_rps: u32,
+
+    /// Cap on all admission requests per second (load shedding); 0 = off.
+    #[arg(
+        long,
+        env = "DROPGATE_GLOBAL_RPS",
+        value_name = "DROPGATE_GLOBAL_RPS",
+        default_value_t = 0
+    )]
+    pub global_rps: u32,
+
+    /// Do not run the commit worker in this process.
+    #[arg(long)]
+    pub no_worker: bool,
+
+    /// Do not run the reaper in this process.
+    #[arg(long)]
+    pub no_reaper: bool,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "DROPGATE_LOG_JSON", value_name = "DROPGATE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevConfig {
+    /// HTTP address.
+    #[arg(
+        long,
+        env = "DROPGATE_LISTEN",
+        value_name = "DROPGATE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Stock of the demo SKU `demo-drop`.
+    #[arg(long, default_value_t = 100)]
+    pub demo_stock: i64,
+}
+
+/// Exits with one line naming the variable when a value is bad.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            if matches!(
+                error.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) {
+                let arg = match error.get(ContextKind::InvalidArg) {
+                    Some(ContextValue::String(arg)) => arg.clone(),
+                    _ => String::new(),
+                };
+                // Value names are the variable names: "--listen <DROPGATE_LISTEN>".
+                let name = arg
+                    .split_once('<')
+                    .and_then(|(_, rest)| rest.strip_suffix('>'))
+                    .unwrap_or(&arg);
+                let reason = std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "invalid value".to_owned());
+                eprintln!("{name}: {reason}");
+                std::process::exit(2);
+            }
+            error.exit()
+        }
+    }
+}
+
+fn parse_database_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(url_error)?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err("scheme must be postgres://".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("missing host".into());
+    }
+    if url.path().trim_start_matches('/').is_empty() {
+        return Err("missing database name".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(url_error)?;
+    if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+        return Err("scheme must be redis://".into());
+    }
+    redis::Client::open(value).map_err(|_| "not a Redis URL".to_owned())?;
+    Ok(value.to_owned())
+}
+
+fn url_error(error: url::ParseError) -> String {
+    match error {
+        url::ParseError::InvalidPort => "invalid port".into(),
+        url::ParseError::RelativeUrlWithoutBase => "not a URL".into(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_key_prefix(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("must be 1..64 characters of [A-Za-z0-9._-]".into())
+    }
+}
+
+fn parse_token(value: &str) -> Result<String, String> {
+    if value.len() < 8 || value.len() > 256 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("tokens must be 8..256 visible ASCII characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_are_checked() {
+        assert_eq!(
+            parse_database_url("postgres://postgres@127.0.0.1:99999/x").unwrap_err(),
+            "invalid port"
+        );
+        assert!(parse_database_url("mysql://h/x").is_err());
+        assert!(parse_database_url("postgres://h/").is_err());
+        assert!(parse_database_url(DEFAULT_DATABASE_URL).is_ok());
+    }
+
+    #[test]
+    fn redis_urls_and_prefixes_are_checked() {
+        assert!(parse_redis_url(DEFAULT_REDIS_URL).is_ok());
+        assert!(parse_redis_url("http://h").is_err());
+        assert!(parse_key_prefix("dg").is_ok());
+        assert!(parse_key_prefix("a:b").is_err());
+        assert!(parse_token("short").is_err());
+    }
+}

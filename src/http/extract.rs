@@ -1,0 +1,198 @@
+//! Extractors that turn every bad request into the project's problem+json:
+//! auth, JSON bodies, path parameters.
+
+use super::{ApiError, AppState};
+use crate::domain::{FieldError, HoldId, SkuId};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+/// Bearer tokens. Compared in constant time; never logged.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub admin: Option<String>,
+    pub storefront: Vec<String>,
+}
+
+impl Tokens {
+    fn is(candidate: &str, token: &str) -> bool {
+        bool::from(candidate.as_bytes().ct_eq(token.as_bytes()))
+    }
+
+    fn is_admin(&self, candidate: &str) -> bool {
+        self.admin
+            .as_deref()
+            .is_some_and(|t| Self::is(candidate, t))
+    }
+
+    fn is_storefront(&self, candidate: &str) -> bool {
+        // Check every token, so timing does not tell which one matched.
+        self.storefront
+            .iter()
+            .fold(false, |found, t| Self::is(candidate, t) | found)
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A caller holding a storefront token (the admin token works too).
+pub struct Storefront;
+
+impl FromRequestParts<AppState> for Storefront {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if state.tokens.is_storefront(token) || state.tokens.is_admin(token) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// A caller holding the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if state.tokens.is_admin(token) {
+            Ok(Self)
+        } else if state.tokens.is_storefront(token) {
+            Err(ApiError::Forbidden)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// The `{sku}` path parameter.
+pub struct SkuPath(pub SkuId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SkuPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::validation(FieldError::new("sku", "is not valid UTF-8")))?;
+        SkuId::parse(&raw).map(Self).map_err(ApiError::validation)
+    }
+}
+
+/// The `{hold_id}` path parameter.
+pub struct HoldPath(pub HoldId);
+
+impl<S: Send + Sync> FromRequestParts<S> for HoldPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid = || ApiError::validation(FieldError::new("hold_id", "must be a UUID"));
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid())?;
+        if uuid::Uuid::try_parse(&raw).is_err() {
+            return Err(invalid());
+        }
+        // A UUID we never issued names no hold.
+        HoldId::parse(&raw)
+            .map(Self)
+            .ok_or(ApiError::NotFound("hold"))
+    }
+}
+
+/// A JSON object body. Field checks are the handler's, so every bad field
+/// is named in one 422 answer.
+pub struct JsonObject(pub Fields);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !json_type {
+            return Err(ApiError::Malformed("Content-Type must be application/json"));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::Malformed("the body could not be read")
+            }
+        })?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(Fields(map))),
+            Ok(_) => Err(ApiError::validation(FieldError::new(
+                "body",
+                "must be a JSON object",
+            ))),
+            Err(_) => Err(ApiError::Malformed("the body is not valid JSON")),
+        }
+    }
+}
+
+/// Typed access to a JSON object's fields, collecting every error.
+pub struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn int(&self, name: &'static str, errors: &mut Vec<FieldError>) -> Option<i64> {
+        let value = self.get(name)?;
+        let int = value.as_i64();
+        if int.is_none() {
+            errors.push(FieldError::new(name, "must be an integer"));
+        }
+        int
+    }
+
+    pub fn required_int(&self, name: &'static str, errors: &mut Vec<FieldError>) -> Option<i64> {
+        if self.get(name).is_none() {
+            errors.push(FieldError::new(name, "is required"));
+            return None;
+        }
+        self.int(name, errors)
+    }
+
+    pub fn required_str(&self, name: &'static str, errors: &mut Vec<FieldError>) -> Option<&str> {
+        match self.get(name) {
+            None => {
+                errors.push(FieldError::new(name, "is required"));
+                None
+            }
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                errors.push(FieldError::new(name, "must be a string"));
+                None
+            }
+        }
+    }
+}
+
+/// Ok with the value when no field failed, else 422 naming them all.
+pub fn validated<T>(value: Option<T>, errors: Vec<FieldError>) -> Result<T, ApiError> {
+    match value {
+        Some(value) if errors.is_empty() => Ok(value),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}

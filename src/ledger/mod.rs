@@ -1,0 +1,210 @@
+//! The ledger: Postgres, the durable authority for everything committed.
+//! SKUs with counters, holds with their state, append-only movements. The
+//! schema's constraints make `held + sold > on_hand` impossible.
+
+mod apply;
+
+pub use apply::{ApplyReport, LostHold};
+
+use crate::domain::{HoldId, HoldState, Position, SkuId, SkuSettings};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("ledger invariant broken: {0}")]
+    Invariant(String),
+}
+
+/// Creates the database if it does not exist, then applies migrations.
+pub async fn migrate(database_url: &str) -> Result<(), LedgerError> {
+    if !Postgres::database_exists(database_url).await? {
+        if let Err(error) = Postgres::create_database(database_url).await {
+            // Another process may have created it a moment ago.
+            if !Postgres::database_exists(database_url).await? {
+                return Err(error.into());
+            }
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await?;
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// A hold as the ledger has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHold {
+    pub sku: SkuId,
+    pub customer_id: String,
+    pub quantity: i64,
+    pub state: HoldState,
+    pub extensions: i64,
+    pub expires_at: time::OffsetDateTime,
+}
+
+/// A SKU row of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerSku {
+    pub sku: SkuId,
+    pub sku_no: u32,
+    pub on_hand: i64,
+    pub held: i64,
+    pub sold: i64,
+    pub applied: Position,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pool: PgPool,
+}
+
+impl Ledger {
+    /// Connects lazily, so the gate keeps admitting while Postgres is away.
+    pub fn connect(database_url: &str, timeout: Duration) -> Result<Self, LedgerError> {
+        let options = PgConnectOptions::from_str(database_url)?
+            .application_name("dropgate")
+            .options([("statement_timeout", format!("{}", timeout.as_millis() * 4))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The newest gate epoch the ledger knows of.
+    pub async fn epoch(&self) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar("SELECT max(epoch) FROM gate_epochs")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Makes sure the SKU has a row (and so a number); settings and stock
+    /// arrive through its events.
+    pub async fn ensure_sku(
+        &self,
+        sku: &SkuId,
+        settings: &SkuSettings,
+    ) -> Result<u32, LedgerError> {
+        sqlx::query(
+            "INSERT INTO skus (sku, per_customer_limit, hold_ttl_ms, max_extensions)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (sku) DO NOTHING",
+        )
+        .bind(sku.as_str())
+        .bind(i32::try_from(settings.per_customer_limit).unwrap_or(i32::MAX))
+        .bind(settings.hold_ttl_ms)
+        .bind(i32::try_from(settings.max_extensions).unwrap_or(0))
+        .execute(&self.pool)
+        .await?;
+        let sku_no: i32 = sqlx::query_scalar("SELECT sku_no FROM skus WHERE sku = $1")
+            .bind(sku.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        u32::try_from(sku_no).map_err(|_| LedgerError::Invariant(format!("sku_no {sku_no}")))
+    }
+
+    pub async fn sku(&self, sku: &SkuId) -> Result<Option<LedgerSku>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT sku, sku_no, on_hand, held, sold, epoch, applied_seq FROM skus WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| ledger_sku(&row)).transpose()
+    }
+
+    /// One page of SKUs ordered by id, after `after`.
+    pub async fn skus(
+        &self,
+        after: Option<&SkuId>,
+        limit: i64,
+    ) -> Result<Vec<LedgerSku>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT sku, sku_no, on_hand, held, sold, epoch, applied_seq FROM skus
+             WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2",
+        )
+        .bind(after.map(SkuId::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ledger_sku).collect()
+    }
+
+    pub async fn hold(&self, hold_id: HoldId) -> Result<Option<LedgerHold>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT sku, customer_id, quantity, state, extensions, expires_at FROM holds WHERE hold_id = $1",
+        )
+        .bind(hold_id.uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let sku: String = row.try_get("sku")?;
+        let state: String = row.try_get("state")?;
+        Ok(Some(LedgerHold {
+            sku: SkuId::parse(&sku).map_err(|e| LedgerError::Invariant(e.to_string()))?,
+            customer_id: row.try_get("customer_id")?,
+            quantity: i64::from(row.try_get::<i32, _>("quantity")?),
+            state: HoldState::parse(&state)
+                .ok_or_else(|| LedgerError::Invariant(format!("hold state {state:?}")))?,
+            extensions: i64::from(row.try_get::<i32, _>("extensions")?),
+            expires_at: row.try_get("expires_at")?,
+        }))
+    }
+
+    /// Movements of one event id (0 or 1): lets tests and tools check
+    /// exactly-once application.
+    pub async fn movement_count(&self, sku: &SkuId) -> Result<i64, LedgerError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM movements WHERE sku = $1")
+                .bind(sku.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn has_event(&self, event_id: Uuid) -> Result<bool, LedgerError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM movements WHERE event_id = $1)")
+                .bind(event_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
+
+fn ledger_sku(row: &sqlx::postgres::PgRow) -> Result<LedgerSku, LedgerError> {
+    let sku: String = row.try_get("sku")?;
+    let sku_no: i32 = row.try_get("sku_no")?;
+    Ok(LedgerSku {
+        sku: SkuId::parse(&sku).map_err(|e| LedgerError::Invariant(e.to_string()))?,
+        sku_no: u32::try_from(sku_no)
+            .map_err(|_| LedgerError::Invariant(format!("sku_no {sku_no}")))?,
+        on_hand: row.try_get("on_hand")?,
+        held: row.try_get("held")?,
+        sold: row.try_get("sold")?,
+        applied: Position {
+            epoch: row.try_get("epoch")?,
+            seq: row.try_get("applied_seq")?,
+        },
+    })
+}

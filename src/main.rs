@@ -1,0 +1,41 @@
+use dropgate::config::{self, Command};
+use dropgate::startup::{shutdown_signal, Application};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = config::parse();
+    let result = match cli.command {
+        Command::Serve(config) => {
+            dropgate::telemetry::init_logs(config.log_json);
+            serve(config).await
+        }
+        Command::Dev(config) => {
+            dropgate::telemetry::init_logs(false);
+            dropgate::dev::run(config).await
+        }
+        Command::Migrate(stores) => {
+            dropgate::telemetry::init_logs(false);
+            dropgate::ledger::migrate(&stores.database_url)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Command::Worker(stores) => {
+            dropgate::telemetry::init_logs(false);
+            dropgate::startup::run_worker(stores, shutdown_signal()).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dropgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: dropgate::config::ServeConfig) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    tracing::info!(addr = %app.local_addr()?, "dropgate serving");
+    app.run_until_stopped(shutdown_signal()).await
+}
