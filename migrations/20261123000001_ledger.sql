@@ -14,8 +14,9 @@ CREATE TABLE skus (
     max_extensions      integer NOT NULL DEFAULT 1 CHECK (max_extensions BETWEEN 0 AND 10),
     -- Stream position (gate epoch, sequence) of the last event applied. Events
     -- at or before it are replays; events of an older epoch are fenced off.
-    epoch               bigint  NOT NULL DEFAULT 1,
-    applied_seq         bigint  NOT NULL DEFAULT 0,
+    -- Stream ids start at <epoch>-0, so -1 means "nothing of this epoch yet".
+    epoch               bigint  NOT NULL DEFAULT 0,
+    applied_seq         bigint  NOT NULL DEFAULT -1,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT skus_counters_non_negative CHECK (on_hand >= 0 AND held >= 0 AND sold >= 0),

@@ -22,6 +22,16 @@ impl Position {
     pub fn stream_id(self) -> String {
         format!("{}-{}", self.epoch, self.seq)
     }
+
+    /// The XRANGE start bound for "everything after this position".
+    /// Sequence -1 stands before `<epoch>-0`, the first id of an epoch.
+    pub fn after_bound(self) -> String {
+        if self.seq < 0 {
+            format!("{}-0", self.epoch)
+        } else {
+            format!("({}-{}", self.epoch, self.seq)
+        }
+    }
 }
 
 /// One change of stock or of a hold, as the gate decided it.

@@ -41,6 +41,22 @@ pub enum GateError {
 }
 
 impl GateError {
+    /// True when Redis could not be reached or did not answer in time, as
+    /// opposed to answering with an error (a bug on our side).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+            }
+            Self::Protocol(_) => false,
+        }
+    }
+
     fn protocol(message: impl Into<String>) -> Self {
         Self::Protocol(message.into())
     }
@@ -447,12 +463,7 @@ impl Gate {
         let reply: StreamRangeReply = self
             .conn
             .clone()
-            .xrange_count(
-                self.keys.events(sku),
-                format!("({}", after.stream_id()),
-                end,
-                count,
-            )
+            .xrange_count(self.keys.events(sku), after.after_bound(), end, count)
             .await?;
         reply
             .ids

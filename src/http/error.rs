@@ -190,8 +190,11 @@ impl IntoResponse for ApiError {
 impl From<AppError> for ApiError {
     fn from(error: AppError) -> Self {
         match &error {
-            AppError::Ledger(crate::ledger::LedgerError::Invariant(_))
-            | AppError::Gate(crate::gate::GateError::Protocol(_)) => {
+            AppError::Ledger(crate::ledger::LedgerError::Invariant(_)) => {
+                tracing::error!(%error, "internal error");
+                Self::Internal
+            }
+            AppError::Gate(gate) if !gate.is_unavailable() => {
                 tracing::error!(%error, "internal error");
                 Self::Internal
             }

@@ -1,0 +1,294 @@
+//! The test harness: every test gets its own dropgate, served on a free
+//! port, with its own Postgres database and its own Redis key prefix, so
+//! tests run in parallel and leave nothing behind.
+#![allow(dead_code)]
+
+use dropgate::app::Dropgate;
+use dropgate::config::{ServeConfig, StoreConfig, DEFAULT_REDIS_URL};
+use dropgate::startup::Application;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+
+pub const ADMIN: &str = "test-admin-token";
+pub const STOREFRONT: &str = "test-storefront-token";
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub app: Dropgate,
+    pub database: String,
+    pub prefix: String,
+    pub redis_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A serve configuration for a test: fresh database and key prefix,
+/// per-customer rate limit off unless the test turns it on.
+pub fn test_config() -> ServeConfig {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    ServeConfig {
+        stores: StoreConfig {
+            database_url: format!("{PG_BASE}/dg_test_{}", &id[..16]),
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
+            key_prefix: format!("t{}", &id[..12]),
+            store_timeout_ms: 2000,
+        },
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        admin_token: Some(ADMIN.to_owned()),
+        storefront_tokens: vec![STOREFRONT.to_owned(), "second-storefront-token".to_owned()],
+        customer_rps: 0,
+        global_rps: 0,
+        no_worker: false,
+        no_reaper: false,
+        log_json: false,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_config()).await
+}
+
+pub async fn spawn_app_with(config: ServeConfig) -> TestApp {
+    dropgate::telemetry::init_logs(false);
+    let database = config
+        .stores
+        .database_url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    let prefix = config.stores.key_prefix.clone();
+    let redis_url = config.stores.redis_url.clone();
+    let application = Application::build(config).await.expect("the app builds");
+    let addr = application.local_addr().expect("a bound address");
+    let app = application.app().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("a client"),
+        app,
+        database,
+        prefix,
+        redis_url,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn put_sku(&self, sku: &str, body: Value) -> Response {
+        self.client
+            .put(self.url(&format!("/v1/skus/{sku}")))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT sku")
+    }
+
+    /// Creates a SKU and asserts it was created.
+    pub async fn create_sku(&self, sku: &str, body: Value) {
+        let response = self.put_sku(sku, body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{:?}",
+            response.text().await
+        );
+    }
+
+    pub async fn admit(&self, sku: &str, key: &str, customer: &str, quantity: i64) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/skus/{sku}/holds")))
+            .bearer_auth(STOREFRONT)
+            .header("Idempotency-Key", key)
+            .json(&json!({"customer_id": customer, "quantity": quantity}))
+            .send()
+            .await
+            .expect("POST hold")
+    }
+
+    pub async fn hold_action(&self, hold_id: &str, action: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/holds/{hold_id}/{action}")))
+            .bearer_auth(STOREFRONT)
+            .send()
+            .await
+            .expect("POST hold action")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(STOREFRONT)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn sku(&self, sku: &str) -> Value {
+        let response = self.get(&format!("/v1/skus/{sku}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("a SKU")
+    }
+
+    pub async fn pg(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&format!("{PG_BASE}/{}", self.database))
+            .await
+            .expect("test database")
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+
+    pub fn key(&self, sku: &str, rest: &str) -> String {
+        format!("{}:{{{sku}}}:{rest}", self.prefix)
+    }
+
+    /// Waits until the ledger has applied every event of `sku` (the worker
+    /// runs in the background).
+    pub async fn wait_for_ledger(&self, sku: &str) {
+        let sku = dropgate::domain::SkuId::parse(sku).expect("sku");
+        for _ in 0..200 {
+            let events = self
+                .app
+                .gate
+                .events(
+                    &sku,
+                    self.app
+                        .ledger
+                        .sku(&sku)
+                        .await
+                        .expect("ledger")
+                        .expect("row")
+                        .applied,
+                    None,
+                    1,
+                )
+                .await
+                .expect("events");
+            if events.is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the ledger did not catch up with {sku}");
+    }
+
+    /// Ledger counters of a SKU: (on_hand, held, sold).
+    pub async fn ledger_counts(&self, sku: &str) -> (i64, i64, i64) {
+        let pool = self.pg().await;
+        let row: (i64, i64, i64) =
+            sqlx::query_as("SELECT on_hand, held, sold FROM skus WHERE sku = $1")
+                .bind(sku)
+                .fetch_one(&pool)
+                .await
+                .expect("sku row");
+        pool.close().await;
+        row
+    }
+
+    /// Stops the server and its background services, then drops the test's
+    /// database and Redis keys.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        cleanup(&self.database, &self.prefix, &self.redis_url).await;
+        self.database.clear();
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that panicked still cleans up after itself.
+    fn drop(&mut self) {
+        if self.database.is_empty() {
+            return;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let (database, prefix, redis_url) = (
+            self.database.clone(),
+            self.prefix.clone(),
+            self.redis_url.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Runtime::new() {
+                runtime.block_on(cleanup(&database, &prefix, &redis_url));
+            }
+        })
+        .join();
+    }
+}
+
+pub async fn cleanup(database: &str, prefix: &str, redis_url: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG_BASE}/postgres")).await {
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    }
+    if let Ok(client) = redis::Client::open(redis_url) {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
+            }
+        }
+    }
+}
+
+/// Reads a JSON body.
+pub async fn body(response: Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+/// Asserts a problem+json answer with this status and code; returns it.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "expected {status} {code}"
+    );
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let problem = body(response).await;
+    assert_eq!(problem["code"], code, "{problem}");
+    assert_eq!(problem["status"], status);
+    assert_eq!(problem["type"], format!("/problems/{code}"));
+    problem
+}
