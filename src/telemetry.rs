@@ -5,9 +5,13 @@ use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the log subscriber once; later calls are no-ops (tests).
+/// `RUST_LOG` overrides the default filter.
 pub fn init_logs(json: bool) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    init_logs_with("info,sqlx=warn", json);
+}
+
+pub fn init_logs_with(default_filter: &str, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);

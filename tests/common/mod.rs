@@ -53,7 +53,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(config: ServeConfig) -> TestApp {
-    dropgate::telemetry::init_logs(false);
+    dropgate::telemetry::init_logs_with("warn", false);
     let database = config
         .stores
         .database_url
