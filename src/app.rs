@@ -8,7 +8,7 @@ use crate::domain::{
 use crate::gate::{
     Admission, Gate, GateError, GateHold, GateSku, SkuChange, StockChange, Transition,
 };
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{ApplyReport, Ledger, LedgerError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use uuid::Uuid;
@@ -182,13 +182,31 @@ impl Dropgate {
                 let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
                 Ok(HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable)))
             }
-            None => self.ledger_hold(hold_id).await,
+            None => match self.ledger_hold(hold_id).await? {
+                // Neither store knows more than that the hold existed.
+                HoldOutcome::Conflict(HoldState::Lost) => Ok(HoldOutcome::Ok(Hold {
+                    hold_id,
+                    sku,
+                    customer_id: String::new(),
+                    quantity: 0,
+                    state: HoldState::Lost,
+                    expires_at: time_from_ms(hold_id.created_ms()),
+                    extensions: 0,
+                    durable: false,
+                })),
+                other => Ok(other),
+            },
         }
     }
 
     /// A hold the gate no longer has (settled long ago): the ledger's view.
+    /// A hold neither store has, issued before the gate was last rebuilt,
+    /// was admitted by the lost gate and never reached the ledger: lost.
     async fn ledger_hold(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
         Ok(match self.ledger.hold(hold_id).await? {
+            None if hold_id.created_ms() < self.ledger.epoch_started_ms().await? => {
+                HoldOutcome::Conflict(HoldState::Lost)
+            }
             Some(h) => HoldOutcome::Ok(Hold {
                 hold_id,
                 sku: h.sku,
@@ -312,8 +330,20 @@ impl Dropgate {
                 .ledger
                 .apply(&BTreeMap::from([(sku.clone(), events)]))
                 .await?;
-            crate::worker::record_apply(&report);
+            self.applied(&report).await?;
         }
+    }
+
+    /// Follows up a ledger apply: counts it, and tells the gate about every
+    /// admission the ledger refused, so its units leave `held` there too.
+    pub async fn applied(&self, report: &ApplyReport) -> Result<(), AppError> {
+        crate::worker::record_apply(report);
+        for lost in &report.lost {
+            let was = self.gate.lose(&lost.sku, lost.hold_id).await?;
+            tracing::error!(sku = %lost.sku, hold_id = %lost.hold_id, quantity = lost.quantity, was = %was,
+                "the ledger refused an admission: hold is lost");
+        }
+        Ok(())
     }
 
     /// `flush` for callers whose answer does not depend on it; true if done.

@@ -30,6 +30,20 @@ pub enum Command {
     Migrate(StoreConfig),
     /// Run only the commit worker: stream events into the ledger.
     Worker(StoreConfig),
+    /// Run only the reconciler: measure and repair drift, rebuild a lost gate.
+    Reconcile(StoreConfig),
+    /// Check every invariant across Redis and Postgres; exit 1 on a breach.
+    Audit(AuditConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditConfig {
+    #[command(flatten)]
+    pub stores: StoreConfig,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the two stores are.
@@ -113,6 +127,10 @@ pub struct ServeConfig {
     /// Do not run the reaper in this process.
     #[arg(long)]
     pub no_reaper: bool,
+
+    /// Do not run the reconciler (drift repair, gate rebuild) in this process.
+    #[arg(long)]
+    pub no_reconciler: bool,
 
     /// Log as JSON lines instead of text.
     #[arg(long, env = "DROPGATE_LOG_JSON", value_name = "DROPGATE_LOG_JSON")]

@@ -16,6 +16,7 @@
 //! * [`config`], [`telemetry`], [`startup`], [`limits`], [`dev`]: plumbing.
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod domain;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod reaper;
+pub mod reconciler;
 pub mod rebuild;
 pub mod startup;
 pub mod telemetry;

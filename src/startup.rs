@@ -30,17 +30,7 @@ pub struct Application {
 impl Application {
     /// Migrates the ledger, opens the gate and binds the listener.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
-        let stores = &config.stores;
-        ledger::migrate(&stores.database_url)
-            .await
-            .context("DATABASE_URL: cannot migrate the ledger")?;
-        let ledger = Ledger::connect(&stores.database_url, stores.store_timeout())?;
-        let gate = Gate::connect(
-            &stores.redis_url,
-            &stores.key_prefix,
-            stores.store_timeout(),
-        )?;
-        let app = Dropgate::new(gate, ledger);
+        let app = connect(&config.stores).await?;
         if let Err(error) = crate::rebuild::ensure_gate(&app).await {
             // Not fatal: the server answers 503 and the next request or the
             // reconciler builds the gate once Redis is back.
@@ -92,6 +82,10 @@ impl Application {
         if !self.config.no_reaper {
             let reaper = Reaper::new(self.state.app.gate.clone());
             background.push(tokio::spawn(reaper.run(stop_rx.clone())));
+        }
+        if !self.config.no_reconciler {
+            let reconciler = crate::reconciler::Reconciler::new(self.state.app.clone());
+            background.push(tokio::spawn(reconciler.run(stop_rx.clone())));
         }
         background.push(tokio::spawn(forget_idle_customers(
             self.state.limits.clone(),
@@ -162,25 +156,37 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Migrates the ledger and connects both stores, for the commands that
+/// run without the HTTP server.
+pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Dropgate> {
+    ledger::migrate(&stores.database_url)
+        .await
+        .context("DATABASE_URL: cannot migrate the ledger")?;
+    let ledger = Ledger::connect(&stores.database_url, stores.store_timeout())?;
+    let gate = Gate::connect(&stores.redis_url, &stores.key_prefix, stores.store_timeout())?;
+    Ok(Dropgate::new(gate, ledger))
+}
+
+/// `dropgate reconcile`: only the reconciler, until `shutdown`.
+pub async fn run_reconciler(
+    stores: crate::config::StoreConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let reconciler = crate::reconciler::Reconciler::new(connect(&stores).await?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let running = tokio::spawn(reconciler.run(stop_rx));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    running.await?;
+    Ok(())
+}
+
 /// `dropgate worker`: only the commit worker, until `shutdown`.
 pub async fn run_worker(
     stores: crate::config::StoreConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    ledger::migrate(&stores.database_url)
-        .await
-        .context("DATABASE_URL: cannot migrate the ledger")?;
-    let ledger = Ledger::connect(&stores.database_url, stores.store_timeout())?;
-    let gate = Gate::connect(
-        &stores.redis_url,
-        &stores.key_prefix,
-        stores.store_timeout(),
-    )?;
-    let worker = Worker::new(
-        Dropgate::new(gate, ledger),
-        &stores.redis_url,
-        WorkerLimits::default(),
-    )?;
+    let worker = Worker::new(connect(&stores).await?, &stores.redis_url, WorkerLimits::default())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(worker.run(stop_rx));
     shutdown.await;

@@ -203,11 +203,7 @@ impl Worker {
             let lag_ms = (now_ms() - oldest).max(0);
             metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
         }
-        record_apply(&report);
-        for lost in &report.lost {
-            tracing::error!(sku = %lost.sku, hold_id = %lost.hold_id, quantity = lost.quantity,
-                "ledger refused an admission: hold is lost");
-        }
+        self.app.applied(&report).await?;
 
         let mut conn = self.pool.get().await?;
         for (key, ids) in &acks {

@@ -32,6 +32,7 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         global_rps: 0,
         no_worker: false,
         no_reaper: false,
+        no_reconciler: false,
         log_json: false,
     };
     let app = Application::build(serve).await?;

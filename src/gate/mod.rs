@@ -525,3 +525,196 @@ impl Gate {
             .await?)
     }
 }
+
+/// A SKU's figures and its stream position, read atomically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub on_hand: i64,
+    pub held: i64,
+    pub sold: i64,
+    /// The last event appended; `None` when the stream has none yet.
+    pub last: Option<Position>,
+    /// The raw id, handed back to `repair` as the fence.
+    fence: (i64, i64),
+}
+
+/// A live hold as the rebuild writes it into the gate.
+#[derive(Debug, Clone)]
+pub struct RebuiltHold {
+    pub hold_id: HoldId,
+    pub customer_id: String,
+    pub quantity: i64,
+    pub expires_at_ms: i64,
+    pub extensions: i64,
+    pub created_ms: i64,
+}
+
+/// Everything the gate keeps for one SKU, as the ledger knows it.
+#[derive(Debug, Clone)]
+pub struct RebuiltSku {
+    pub sku: SkuId,
+    pub sku_no: u32,
+    pub epoch: i64,
+    pub figures: GateSku,
+    pub holds: Vec<RebuiltHold>,
+    /// Units held or bought per customer.
+    pub customers: Vec<(String, i64)>,
+    /// Idempotency records still within their 24 h: (key, record, ttl ms).
+    pub idempotency: Vec<(String, String, i64)>,
+}
+
+impl Gate {
+    pub async fn snapshot(&self, sku: &SkuId) -> Result<Option<Snapshot>, GateError> {
+        let reply = Reply(
+            SCRIPTS
+                .snapshot
+                .key(self.keys.stock(sku))
+                .key(self.keys.events(sku))
+                .invoke_async(&mut self.conn.clone())
+                .await?,
+        );
+        if reply.0.is_empty() {
+            return Ok(None);
+        }
+        let last = Position::parse(&reply.text(3)?)
+            .ok_or_else(|| GateError::protocol("bad stream id in snapshot"))?;
+        Ok(Some(Snapshot {
+            on_hand: reply.int(0)?,
+            held: reply.int(1)?,
+            sold: reply.int(2)?,
+            last: (last != Position { epoch: 0, seq: 0 }).then_some(last),
+            fence: (last.epoch, last.seq),
+        }))
+    }
+
+    /// Sets the SKU's counters to `figures` if nothing happened since
+    /// `snapshot`; true when it did.
+    pub async fn repair(&self, sku: &SkuId, snapshot: &Snapshot, on_hand: i64, held: i64, sold: i64) -> Result<bool, GateError> {
+        let fence = Position {
+            epoch: snapshot.fence.0,
+            seq: snapshot.fence.1,
+        };
+        let repaired: i64 = SCRIPTS
+            .repair
+            .key(self.keys.stock(sku))
+            .key(self.keys.events(sku))
+            .arg(fence.stream_id())
+            .arg(on_hand)
+            .arg(held)
+            .arg(sold)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(repaired == 1)
+    }
+
+    /// Marks a hold the ledger refused as lost; returns its former state.
+    pub async fn lose(&self, sku: &SkuId, hold_id: HoldId) -> Result<String, GateError> {
+        Ok(SCRIPTS
+            .lose
+            .key(self.keys.hold(sku, hold_id))
+            .arg(self.keys.base(sku))
+            .arg(hold_id.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Deletes the gate epoch key: the gate counts as lost and is rebuilt.
+    pub async fn forget_epoch(&self) -> Result<(), GateError> {
+        let () = self.conn.clone().del(self.keys.gate()).await?;
+        Ok(())
+    }
+
+    /// Writes one SKU as the ledger has it. The SKU's old keys go first; its
+    /// stock hash comes last, so the SKU stays closed (admissions get 503)
+    /// until everything else is in place.
+    pub async fn rebuild_sku(&self, sku: &RebuiltSku) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let k = &self.keys;
+        let id = &sku.sku;
+        let pattern = format!("{}*", k.base(id));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let () = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for chunk in sku.holds.chunks(500) {
+            let mut pipe = redis::pipe();
+            for h in chunk {
+                pipe.hset_multiple(
+                    k.hold(id, h.hold_id),
+                    &[
+                        ("s", "held".to_owned()),
+                        ("c", h.customer_id.clone()),
+                        ("q", h.quantity.to_string()),
+                        ("e", h.expires_at_ms.to_string()),
+                        ("x", h.extensions.to_string()),
+                        ("t", h.created_ms.to_string()),
+                        ("a", String::new()),
+                    ],
+                )
+                .ignore()
+                .zadd(k.expiry(id), h.hold_id.to_string(), h.expires_at_ms)
+                .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+        }
+        for chunk in sku.customers.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (customer, units) in chunk {
+                pipe.set(k.customer(id, customer), units).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+        }
+        for chunk in sku.idempotency.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (key, record, ttl_ms) in chunk {
+                pipe.pset_ex(k.idempotency(id, key), record, u64::try_from(*ttl_ms).unwrap_or(1).max(1))
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+        }
+        let f = &sku.figures;
+        let () = redis::pipe()
+            .atomic()
+            .cmd("XGROUP")
+            .arg("CREATE")
+            .arg(k.events(id))
+            .arg(CONSUMER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .ignore()
+            .hset_multiple(
+                k.stock(id),
+                &[
+                    ("on_hand", f.on_hand),
+                    ("held", f.held),
+                    ("sold", f.sold),
+                    ("limit", f.per_customer_limit),
+                    ("ttl_ms", f.hold_ttl_ms),
+                    ("max_ext", f.max_extensions),
+                    ("epoch", sku.epoch),
+                    ("sku_no", i64::from(sku.sku_no)),
+                ],
+            )
+            .ignore()
+            .hset(k.registry(), sku.sku_no, id.as_str())
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        self.remember(sku.sku_no, id.clone());
+        Ok(())
+    }
+}

@@ -15,6 +15,9 @@ pub struct Scripts {
     pub expire: Script,
     pub set_sku: Script,
     pub trim: Script,
+    pub snapshot: Script,
+    pub repair: Script,
+    pub lose: Script,
 }
 
 fn with_hold_lib(body: &str) -> Script {
@@ -29,4 +32,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     expire: with_hold_lib(include_str!("../../lua/expire.lua")),
     set_sku: Script::new(include_str!("../../lua/set_sku.lua")),
     trim: Script::new(include_str!("../../lua/trim.lua")),
+    snapshot: Script::new(include_str!("../../lua/snapshot.lua")),
+    repair: Script::new(include_str!("../../lua/repair.lua")),
+    lose: Script::new(include_str!("../../lua/lose.lua")),
 });

@@ -11,7 +11,7 @@
 use super::{Ledger, LedgerError};
 use crate::domain::{time_from_ms, Change, Event, HoldId, HoldState, Position, SkuId};
 use sqlx::Row;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -192,6 +192,18 @@ impl Ledger {
             );
         }
         let existing: Vec<Uuid> = holds.keys().copied().collect();
+        // Event ids the ledger already has. Positions make replays visible;
+        // this catches the same event at a second position (a duplicate
+        // append), which must not count twice either.
+        let event_ids: Vec<Uuid> = batch.values().flatten().map(|e| e.event_id).collect();
+        let recorded: HashSet<Uuid> =
+            sqlx::query_scalar("SELECT event_id FROM movements WHERE event_id = ANY($1)")
+                .bind(&event_ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+        let mut seen: HashSet<Uuid> = HashSet::new();
 
         let mut movements = Movements::default();
         let mut skus: Vec<(String, SkuState)> = Vec::with_capacity(rows.len());
@@ -223,6 +235,11 @@ impl Ledger {
                     continue;
                 }
                 sku.applied = event.position;
+                if recorded.contains(&event.event_id) || !seen.insert(event.event_id) {
+                    tracing::warn!(sku = %id, event_id = %event.event_id, "duplicate event skipped");
+                    report.skipped += 1;
+                    continue;
+                }
                 let movement = apply_one(&id, &mut sku, event, &mut holds, &mut report);
                 movements.push(&name, event, movement);
                 report.applied += 1;

@@ -3,6 +3,7 @@
 //! schema's constraints make `held + sold > on_hand` impossible.
 
 mod apply;
+mod gate_source;
 
 pub use apply::{ApplyReport, LostHold};
 

@@ -35,7 +35,8 @@ pub fn test_config() -> ServeConfig {
             database_url: format!("{PG_BASE}/dg_test_{}", &id[..16]),
             redis_url: DEFAULT_REDIS_URL.to_owned(),
             key_prefix: format!("t{}", &id[..12]),
-            store_timeout_ms: 2000,
+            // Generous: a loaded CI machine must not turn into flaky 503s.
+            store_timeout_ms: 10_000,
         },
         listen: "127.0.0.1:0".parse().expect("an address"),
         admin_token: Some(ADMIN.to_owned()),
@@ -44,6 +45,7 @@ pub fn test_config() -> ServeConfig {
         global_rps: 0,
         no_worker: false,
         no_reaper: false,
+        no_reconciler: false,
         log_json: false,
     }
 }
