@@ -18,7 +18,7 @@
 -- ARGV[6]  request fingerprint (same body, same fingerprint)
 -- ARGV[7]  idempotency record TTL, ms
 -- ARGV[8]  idempotency key (carried in the event so the ledger can rebuild it)
--- ARGV[9]  event backlog limit: refuse to admit while the stream is longer
+-- ARGV[9]  event backlog limit: refuse to admit while the stream holds at least this many entries
 --
 -- Reply (first element names the outcome):
 --   {"held", hold_id, expires_at_ms}

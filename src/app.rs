@@ -204,7 +204,7 @@ impl Dropgate {
     /// was admitted by the lost gate and never reached the ledger: lost.
     async fn ledger_hold(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
         Ok(match self.ledger.hold(hold_id).await? {
-            None if hold_id.created_ms() < self.ledger.epoch_started_ms().await? => {
+            None if self.ledger.issued_by_a_lost_gate(hold_id).await? => {
                 HoldOutcome::Conflict(HoldState::Lost)
             }
             Some(h) => HoldOutcome::Ok(Hold {

@@ -41,32 +41,54 @@ impl AuditReport {
             "sku", "on_hand", "held", "sold", "live(gate)", "live(pg)", "result"
         );
         for s in &self.skus {
-            let gate = s.live_holds_gate.map_or_else(|| "-".to_owned(), |n| n.to_string());
-            let result = if s.breaches.is_empty() { "ok".to_owned() } else { s.breaches.join("; ") };
+            let gate = s
+                .live_holds_gate
+                .map_or_else(|| "-".to_owned(), |n| n.to_string());
+            let result = if s.breaches.is_empty() {
+                "ok".to_owned()
+            } else {
+                s.breaches.join("; ")
+            };
             out += &format!(
                 "{:<24} {:>9} {:>9} {:>9} {:>10} {:>10}  {}\n",
-                s.sku.as_str(), s.on_hand, s.held, s.sold, gate, s.live_holds_ledger, result
+                s.sku.as_str(),
+                s.on_hand,
+                s.held,
+                s.sold,
+                gate,
+                s.live_holds_ledger,
+                result
             );
         }
         for breach in &self.breaches {
             out += &format!("BREACH: {breach}\n");
         }
-        out += if self.ok() { "audit passed\n" } else { "audit FAILED\n" };
+        out += if self.ok() {
+            "audit passed\n"
+        } else {
+            "audit FAILED\n"
+        };
         out
     }
 }
 
 pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
     let pool = app.ledger.pool();
-    let mut report = AuditReport { skus: Vec::new(), breaches: Vec::new() };
+    let mut report = AuditReport {
+        skus: Vec::new(),
+        breaches: Vec::new(),
+    };
     let map = |e: sqlx::Error| AppError::Ledger(e.into());
 
-    let duplicate_events: i64 = sqlx::query_scalar("SELECT count(*) - count(DISTINCT event_id) FROM movements")
-        .fetch_one(pool)
-        .await
-        .map_err(map)?;
+    let duplicate_events: i64 =
+        sqlx::query_scalar("SELECT count(*) - count(DISTINCT event_id) FROM movements")
+            .fetch_one(pool)
+            .await
+            .map_err(map)?;
     if duplicate_events != 0 {
-        report.breaches.push(format!("{duplicate_events} duplicate event ids in movements"));
+        report.breaches.push(format!(
+            "{duplicate_events} duplicate event ids in movements"
+        ));
     }
     let double_settled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT hold_id FROM movements
@@ -77,7 +99,9 @@ pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
     .await
     .map_err(map)?;
     if double_settled != 0 {
-        report.breaches.push(format!("{double_settled} holds settled more than once"));
+        report
+            .breaches
+            .push(format!("{double_settled} holds settled more than once"));
     }
 
     for sku in app.ledger.all_skus().await? {
@@ -115,12 +139,21 @@ pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
             ));
         }
         if (get("h_held")?, get("h_sold")?) != (held, sold) {
-            breaches.push(format!("holds sum to held {} sold {}", get("h_held")?, get("h_sold")?));
+            breaches.push(format!(
+                "holds sum to held {} sold {}",
+                get("h_held")?,
+                get("h_sold")?
+            ));
         }
         let live_ledger = get("live")?;
         let (mut gate_held, mut gate_sold, mut live_gate) = (None, None, None);
         if let Some(gate) = app.gate.sku(&sku.sku).await? {
-            let live: i64 = app.gate.connection().zcard(app.gate.keys().expiry(&sku.sku)).await.map_err(crate::gate::GateError::from)?;
+            let live: i64 = app
+                .gate
+                .connection()
+                .zcard(app.gate.keys().expiry(&sku.sku))
+                .await
+                .map_err(crate::gate::GateError::from)?;
             if (gate.held, gate.sold, gate.on_hand) != (held, sold, on_hand) {
                 breaches.push(format!(
                     "gate has on_hand {} held {} sold {}",
@@ -128,7 +161,9 @@ pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
                 ));
             }
             if live != live_ledger {
-                breaches.push(format!("{live} live holds in the gate, {live_ledger} in the ledger"));
+                breaches.push(format!(
+                    "{live} live holds in the gate, {live_ledger} in the ledger"
+                ));
             }
             (gate_held, gate_sold, live_gate) = (Some(gate.held), Some(gate.sold), Some(live));
         }

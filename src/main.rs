@@ -50,13 +50,18 @@ async fn serve(config: dropgate::config::ServeConfig) -> anyhow::Result<()> {
 
 async fn audit(config: dropgate::config::AuditConfig) -> ExitCode {
     let report = match dropgate::startup::connect(&config.stores).await {
-        Ok(app) => dropgate::audit::audit(&app).await.map_err(anyhow::Error::from),
+        Ok(app) => dropgate::audit::audit(&app)
+            .await
+            .map_err(anyhow::Error::from),
         Err(error) => Err(error),
     };
     match report {
         Ok(report) => {
             if config.json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print!("{}", report.table());
             }

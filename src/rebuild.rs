@@ -15,7 +15,12 @@ pub async fn ensure_gate(app: &Dropgate) -> Result<i64, AppError> {
     if let Some(epoch) = app.gate.epoch().await? {
         return Ok(epoch);
     }
-    let mut lock = app.ledger.pool().acquire().await.map_err(crate::ledger::LedgerError::from)?;
+    let mut lock = app
+        .ledger
+        .pool()
+        .acquire()
+        .await
+        .map_err(crate::ledger::LedgerError::from)?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(REBUILD_LOCK)
         .execute(&mut *lock)
@@ -35,7 +40,11 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
         return Ok(epoch);
     }
     let skus = app.ledger.all_skus().await?;
-    let reason = if skus.is_empty() { "gate built" } else { "gate rebuilt from the ledger" };
+    let reason = if skus.is_empty() {
+        "gate built"
+    } else {
+        "gate rebuilt from the ledger"
+    };
     let epoch = app.ledger.start_epoch(reason).await?;
     tracing::warn!(epoch, skus = skus.len(), "{reason}");
     for sku in &skus {

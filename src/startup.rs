@@ -163,7 +163,11 @@ pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Drop
         .await
         .context("DATABASE_URL: cannot migrate the ledger")?;
     let ledger = Ledger::connect(&stores.database_url, stores.store_timeout())?;
-    let gate = Gate::connect(&stores.redis_url, &stores.key_prefix, stores.store_timeout())?;
+    let gate = Gate::connect(
+        &stores.redis_url,
+        &stores.key_prefix,
+        stores.store_timeout(),
+    )?;
     Ok(Dropgate::new(gate, ledger))
 }
 
@@ -186,7 +190,11 @@ pub async fn run_worker(
     stores: crate::config::StoreConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let worker = Worker::new(connect(&stores).await?, &stores.redis_url, WorkerLimits::default())?;
+    let worker = Worker::new(
+        connect(&stores).await?,
+        &stores.redis_url,
+        WorkerLimits::default(),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(worker.run(stop_rx));
     shutdown.await;

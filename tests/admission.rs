@@ -1,5 +1,7 @@
 //! Admission under real concurrency, idempotency and limits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{assert_problem, body, spawn_app, spawn_app_with, test_config};
@@ -30,7 +32,10 @@ async fn two_thousand_concurrent_admissions_for_stock_100_hold_exactly_100() {
         .iter()
         .filter(|(s, b)| *s == 409 && b["code"] == "sold_out")
         .count();
-    let mut statuses: Vec<String> = answers.iter().map(|(s, b)| format!("{s} {}", b["detail"])).collect();
+    let mut statuses: Vec<String> = answers
+        .iter()
+        .map(|(s, b)| format!("{s} {}", b["detail"]))
+        .collect();
     statuses.sort();
     statuses.dedup();
     assert_eq!(held.len(), 100, "statuses seen: {statuses:?}");

@@ -1,5 +1,7 @@
 //! The hold lifecycle: confirm, release, extend, expiry, and their races.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{assert_problem, body, spawn_app, spawn_app_with, test_config, TestApp};

@@ -4,6 +4,8 @@
 //! prepends it), and checks the reply and every key it touched with exact
 //! numbers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamInfoGroupsReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Script, ScriptInvocation, Value};
@@ -171,6 +173,12 @@ impl Held {
             self.created,
             position
         ]
+    }
+
+    /// The hold hash as the scripts keep it, in `state`.
+    fn fields(&self, state: &str) -> Fields {
+        fields! {"s" => state, "c" => self.customer, "q" => self.qty, "e" => self.expires,
+        "x" => self.extensions, "t" => self.created, "a" => self.admit_event}
     }
 
     fn with_expiry(&self, expires: i64, extensions: i64) -> Self {
@@ -849,11 +857,7 @@ async fn assert_settled(
     now: i64,
 ) {
     let hold_key = lab.hold_key(&held.hold);
-    assert_eq!(
-        lab.hash(&hold_key).await,
-        fields! {"s" => state, "c" => held.customer, "q" => held.qty, "e" => held.expires,
-        "x" => held.extensions, "t" => held.created, "a" => held.admit_event}
-    );
+    assert_eq!(lab.hash(&hold_key).await, held.fields(state));
     assert_recent_ttl(lab.pttl(&hold_key).await, SETTLED_TTL);
     assert_eq!(lab.expiry_score(&held.hold).await, None);
     let (position, event) = lab.last_event().await;
@@ -1009,11 +1013,7 @@ async fn extend_moves_the_expiry_up_to_max_extensions_times() {
             extended.reply("done", "held", &stream_id(1 + n as u64))
         );
         let hold_key = lab.hold_key(&held.hold);
-        let hold = lab.hash(&hold_key).await;
-        assert_eq!(
-            (hold["s"].as_str(), hold["e"].clone(), hold["x"].clone()),
-            ("held", (now + TTL).to_string(), n.to_string())
-        );
+        assert_eq!(lab.hash(&hold_key).await, extended.fields("held"));
         assert_eq!(lab.expiry_score(&held.hold).await, Some(now + TTL));
         assert_eq!(
             lab.last_event().await.1,
@@ -1056,7 +1056,8 @@ async fn expire_expires_only_due_holds_and_only_once() {
     );
     assert_eq!(lab.get("c:carol").await.as_deref(), Some("3"));
     let hold_key = lab.hold_key(&c.hold);
-    assert_eq!(lab.hash(&hold_key).await["s"], "held");
+    assert_eq!(lab.hash(&hold_key).await, c.fields("held"));
+    assert_eq!(lab.pttl(&hold_key).await, -1);
     assert_eq!(lab.expiry_score(&c.hold).await, Some(c.expires));
     let expired: Vec<_> = lab.events().await.split_off(4);
     let expected: Vec<_> = [(&a, &ids[0]), (&b, &ids[1])]
@@ -1073,7 +1074,7 @@ async fn expire_expires_only_due_holds_and_only_once() {
     assert_eq!(expired, expected);
     for held in [&a, &b] {
         let hold_key = lab.hold_key(&held.hold);
-        assert_eq!(lab.hash(&hold_key).await["s"], "expired");
+        assert_eq!(lab.hash(&hold_key).await, held.fields("expired"));
         assert_recent_ttl(lab.pttl(&hold_key).await, SETTLED_TTL);
     }
 

@@ -1,5 +1,7 @@
 //! SKU administration: create, update, adjust, list, and the oversell guard.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{assert_problem, body, spawn_app, TestApp, ADMIN};

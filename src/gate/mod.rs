@@ -589,7 +589,14 @@ impl Gate {
 
     /// Sets the SKU's counters to `figures` if nothing happened since
     /// `snapshot`; true when it did.
-    pub async fn repair(&self, sku: &SkuId, snapshot: &Snapshot, on_hand: i64, held: i64, sold: i64) -> Result<bool, GateError> {
+    pub async fn repair(
+        &self,
+        sku: &SkuId,
+        snapshot: &Snapshot,
+        on_hand: i64,
+        held: i64,
+        sold: i64,
+    ) -> Result<bool, GateError> {
         let fence = Position {
             epoch: snapshot.fence.0,
             seq: snapshot.fence.1,
@@ -643,7 +650,10 @@ impl Gate {
                 .query_async(&mut conn)
                 .await?;
             if !keys.is_empty() {
-                let () = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
+                let () = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
             }
             if next == 0 {
                 break;
@@ -681,8 +691,12 @@ impl Gate {
         for chunk in sku.idempotency.chunks(500) {
             let mut pipe = redis::pipe();
             for (key, record, ttl_ms) in chunk {
-                pipe.pset_ex(k.idempotency(id, key), record, u64::try_from(*ttl_ms).unwrap_or(1).max(1))
-                    .ignore();
+                pipe.pset_ex(
+                    k.idempotency(id, key),
+                    record,
+                    u64::try_from(*ttl_ms).unwrap_or(1).max(1),
+                )
+                .ignore();
             }
             let () = pipe.query_async(&mut conn).await?;
         }

@@ -48,6 +48,10 @@ async fn put(
     let limit = body.int("per_customer_limit", &mut errors);
     let ttl = body.int("hold_ttl_ms", &mut errors);
     let max_extensions = body.int("max_extensions", &mut errors);
+    // Range checks run even when on_hand is bad, so one answer names every field.
+    if let Err(range) = SkuSettings::parse(on_hand.unwrap_or(0), limit, ttl, max_extensions) {
+        errors.extend(range);
+    }
     let on_hand = validated(on_hand, errors)?;
     let settings =
         SkuSettings::parse(on_hand, limit, ttl, max_extensions).map_err(ApiError::Validation)?;

@@ -27,18 +27,27 @@ impl Ledger {
         .await?)
     }
 
-    /// Unix ms at which the current epoch started.
-    pub async fn epoch_started_ms(&self) -> Result<i64, LedgerError> {
-        let started: OffsetDateTime =
-            sqlx::query_scalar("SELECT started_at FROM gate_epochs ORDER BY epoch DESC LIMIT 1")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(ms(started))
+    /// True when a hold id the ledger does not have was minted between its
+    /// SKU's creation and the start of the current gate epoch: a gate that
+    /// was since lost issued it and never got it into the ledger.
+    pub async fn issued_by_a_lost_gate(&self, hold_id: HoldId) -> Result<bool, LedgerError> {
+        let window: Option<(OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
+            "SELECT s.created_at, (SELECT max(started_at) FROM gate_epochs)
+             FROM skus s WHERE s.sku_no = $1",
+        )
+        .bind(i32::try_from(hold_id.sku_no()).unwrap_or(-1))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(window.is_some_and(|(from, to)| (ms(from)..ms(to)).contains(&hold_id.created_ms())))
     }
 
     /// Moves the SKU to `epoch` and reads what the gate must hold for it:
     /// counters, live holds, per-customer units, recent idempotency records.
-    pub async fn gate_source(&self, sku: &LedgerSku, epoch: i64) -> Result<RebuiltSku, LedgerError> {
+    pub async fn gate_source(
+        &self,
+        sku: &LedgerSku,
+        epoch: i64,
+    ) -> Result<RebuiltSku, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE skus SET epoch = $2, applied_seq = -1, updated_at = now() WHERE sku = $1
@@ -97,7 +106,11 @@ impl Ledger {
             let key: String = r.try_get("idempotency_key")?;
             let fingerprint: String = r.try_get("request_fingerprint")?;
             let created = ms(r.try_get("created_at")?);
-            let record = format!("{fingerprint}|H|{}|{}", hold_id.hyphenated(), ms(r.try_get("expires_at")?));
+            let record = format!(
+                "{fingerprint}|H|{}|{}",
+                hold_id.hyphenated(),
+                ms(r.try_get("expires_at")?)
+            );
             Ok((key, record, created + IDEMPOTENCY_WINDOW_MS - now))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

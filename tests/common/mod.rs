@@ -3,6 +3,8 @@
 //! tests run in parallel and leave nothing behind.
 #![allow(dead_code)]
 
+pub mod process;
+
 use dropgate::app::Dropgate;
 use dropgate::config::{ServeConfig, StoreConfig, DEFAULT_REDIS_URL};
 use dropgate::startup::Application;

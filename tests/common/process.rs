@@ -1,0 +1,179 @@
+//! Real processes for fault tests: a private redis-server that can be killed
+//! and restarted empty, dropgate itself as a child process, and a TCP proxy
+//! in front of Postgres that can be cut without touching the shared server.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < timeout, "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A private, non-persistent redis-server on its own port.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port, empty: nothing is persisted.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis-server", Duration::from_secs(10), || answers(port));
+    }
+
+    /// SIGKILL: Redis loses everything it had.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The dropgate binary as a child process.
+pub struct Dropgate {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Dropgate {
+    /// Runs `dropgate <args>` with `env`; waits for /healthz when it serves.
+    pub fn spawn(args: &[&str], env: &[(&str, String)], serves: Option<SocketAddr>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dropgate"));
+        command
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("dropgate starts");
+        let addr = serves.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        if serves.is_some() {
+            wait_until("dropgate", Duration::from_secs(30), || answers(addr.port()));
+        }
+        Self { addr, child }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dropgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy to Postgres that can be cut (every connection dropped, new
+/// ones refused) and restored on the same port.
+pub struct PgProxy {
+    pub port: u16,
+    tasks: Option<Arc<tokio::sync::Mutex<JoinSet<()>>>>,
+}
+
+impl PgProxy {
+    pub async fn start() -> Self {
+        let mut proxy = Self {
+            port: free_port(),
+            tasks: None,
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    pub fn database_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub async fn restore(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("proxy binds");
+        let tasks = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let inner = tasks.clone();
+        tasks.lock().await.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                inner.lock().await.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    pub async fn cut(&mut self) {
+        if let Some(tasks) = self.tasks.take() {
+            tasks.lock().await.abort_all();
+        }
+        // Let the aborted tasks drop their sockets and the listener.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

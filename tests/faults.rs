@@ -1,0 +1,521 @@
+//! Faults with real processes: Redis losing its data, workers and servers
+//! killed mid-flight, Postgres cut off, events delivered twice, drift
+//! injected behind dropgate's back, races across processes. Every test
+//! asserts exact numbers and ends with a passing audit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::process::{Dropgate, PgProxy, RedisServer};
+use common::{assert_problem, body, spawn_app_with, test_config, TestApp, ADMIN, STOREFRONT};
+use dropgate::domain::{Position, SkuId};
+use futures::future::join_all;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn sku(name: &str) -> SkuId {
+    SkuId::parse(name).unwrap()
+}
+
+async fn admit_ok(app: &TestApp, sku: &str, key: &str) -> String {
+    let response = app.admit(sku, key, key, 1).await;
+    assert_eq!(response.status(), 201, "{key}");
+    body(response).await["hold_id"].as_str().unwrap().to_owned()
+}
+
+async fn assert_audit_passes(app: &TestApp) {
+    let report = dropgate::audit::audit(&app.app).await.expect("audit runs");
+    assert!(report.ok(), "{}", report.table());
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    let pool = app.pg().await;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    n
+}
+
+/// Env for a dropgate child process sharing `app`'s stores.
+fn child_env(app: &TestApp, listen: Option<std::net::SocketAddr>) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        (
+            "DATABASE_URL",
+            format!("{}/{}", common::PG_BASE, app.database),
+        ),
+        ("REDIS_URL", app.redis_url.clone()),
+        ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
+        ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
+        ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
+        ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
+    ];
+    if let Some(addr) = listen {
+        env.push(("DROPGATE_LISTEN", addr.to_string()));
+    }
+    env
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() {
+    let mut redis = RedisServer::start();
+    let mut config = test_config();
+    config.stores.redis_url = redis.url();
+    // Only explicit flushes reach the ledger, so the window of loss is exact.
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 50})).await;
+
+    let mut durable = Vec::new();
+    for i in 0..20 {
+        durable.push(admit_ok(&app, "drop", &format!("a{i}")).await);
+    }
+    for hold in &durable[..10] {
+        assert_eq!(app.hold_action(hold, "confirm").await.status(), 200);
+    }
+    let mut lost = Vec::new();
+    for i in 0..10 {
+        lost.push(admit_ok(&app, "drop", &format!("b{i}")).await);
+    }
+
+    redis.kill();
+    redis.restart();
+    assert_problem(
+        app.admit("drop", "during", "during", 1).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(body(ready).await["gate"], "not built");
+
+    dropgate::rebuild::ensure_gate(&app.app)
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let sku_now = app.sku("drop").await;
+    assert_eq!(
+        (
+            sku_now["on_hand"].as_i64(),
+            sku_now["sold"].as_i64(),
+            sku_now["held"].as_i64(),
+            sku_now["available"].as_i64()
+        ),
+        (Some(50), Some(10), Some(10), Some(30))
+    );
+    for hold in &durable[..10] {
+        let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
+        assert_eq!(
+            (shown["state"].as_str(), shown["durable"].as_bool()),
+            (Some("confirmed"), Some(true))
+        );
+    }
+    for hold in &durable[10..12] {
+        assert_eq!(
+            app.hold_action(hold, "confirm").await.status(),
+            200,
+            "live holds survive the rebuild"
+        );
+    }
+    for hold in &lost {
+        assert_eq!(
+            body(app.get(&format!("/v1/holds/{hold}")).await).await["state"],
+            "lost"
+        );
+        assert_problem(app.hold_action(hold, "confirm").await, 409, "hold_lost").await;
+    }
+    // Idempotency records of durable holds were rebuilt too.
+    let replay = app.admit("drop", "a15", "a15", 1).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(replay).await["hold_id"], durable[15].as_str());
+
+    let answers = join_all((0..40).map(|i| {
+        let app = &app;
+        async move {
+            app.admit("drop", &format!("n{i}"), &format!("n{i}"), 1)
+                .await
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert_eq!(
+        answers.iter().filter(|s| **s == 201).count(),
+        30,
+        "no unit admitted twice"
+    );
+    assert_eq!(answers.iter().filter(|s| **s == 409).count(), 10);
+    assert_audit_passes(&app).await;
+    assert_eq!(app.ledger_counts("drop").await, (50, 38, 12));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn injected_drift_is_found_repaired_and_audited() {
+    let mut config = test_config();
+    config.no_reconciler = true;
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 20})).await;
+    for i in 0..4 {
+        admit_ok(&app, "drop", &format!("k{i}")).await;
+    }
+    let mut redis = app.redis().await;
+    let () = redis::cmd("HINCRBY")
+        .arg(app.key("drop", "stock"))
+        .arg("held")
+        .arg(5)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(app.sku("drop").await["available"], 11);
+
+    let reconciler = dropgate::reconciler::Reconciler::new(app.app.clone());
+    let report = reconciler.run_once().await.unwrap();
+    assert_eq!(report.drift.len(), 1);
+    let drift = &report.drift[0];
+    assert_eq!(
+        (drift.on_hand, drift.held, drift.sold, drift.repaired),
+        (0, 5, 0, true)
+    );
+    assert_eq!(app.sku("drop").await["available"], 16);
+    assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind = 'reconcile' AND reason LIKE 'gate had on_hand 20 held 9%'").await, 1);
+    assert!(
+        reconciler.run_once().await.unwrap().drift.is_empty(),
+        "repaired once, stays repaired"
+    );
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_delivered_twice_change_nothing() {
+    let app = spawn_app_with(test_config()).await;
+    app.create_sku("drop", json!({"on_hand": 10})).await;
+    let holds: Vec<String> = join_all((0..6).map(|i| {
+        let app = &app;
+        async move { admit_ok(app, "drop", &format!("k{i}")).await }
+    }))
+    .await;
+    app.hold_action(&holds[0], "confirm").await;
+    app.hold_action(&holds[1], "release").await;
+    app.wait_for_ledger("drop").await;
+    let before = app.ledger_counts("drop").await;
+    assert_eq!(before, (10, 4, 1));
+
+    // Replay the whole stream range into the ledger.
+    let events = app
+        .app
+        .gate
+        .events(&sku("drop"), Position { epoch: 0, seq: -1 }, None, 1000)
+        .await
+        .unwrap();
+    let n = events.len() as u64;
+    assert_eq!(n, 9, "adjust + 6 admits + confirm + release");
+    let report = app
+        .app
+        .ledger
+        .apply(&BTreeMap::from([(sku("drop"), events.clone())]))
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.skipped), (0, n));
+
+    // The same admit appended again at a new position is skipped by its id.
+    let admit = events
+        .iter()
+        .find(|e| matches!(e.change, dropgate::domain::Change::Admit { .. }))
+        .unwrap();
+    let mut redis = app.redis().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(app.key("drop", "events"))
+            .arg(admit.position.stream_id())
+            .arg(admit.position.stream_id())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    e.map
+                        .iter()
+                        .map(|(k, v)| {
+                            (k.clone(), redis::from_redis_value_ref::<String>(v).unwrap())
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(app.key("drop", "events"))
+        .arg(format!("{}-*", admit.position.epoch));
+    for (field, value) in &entries[0].1 {
+        xadd.arg(field).arg(value);
+    }
+    let _: String = xadd.query_async(&mut redis).await.unwrap();
+    app.wait_for_ledger("drop").await;
+    assert_eq!(app.ledger_counts("drop").await, before);
+    assert_eq!(count(&app, "SELECT count(*) FROM movements").await, 9);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
+    let mut config = test_config();
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 5000})).await;
+    let worker = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
+
+    let admitted = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/v1/skus/drop/holds"));
+        async move {
+            let requests = (0..1500).map(|i| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    client
+                        .post(url)
+                        .bearer_auth(STOREFRONT)
+                        .header("Idempotency-Key", format!("k{i}"))
+                        .json(&json!({"customer_id": format!("c{i}"), "quantity": 1}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                }
+            });
+            join_all(requests).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.kill();
+    let statuses = admitted.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 201));
+    let _second = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
+
+    wait_for("the ledger to have every hold", async || {
+        count(&app, "SELECT count(*) FROM holds").await == 1500
+    })
+    .await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        1500
+    );
+    assert_eq!(app.ledger_counts("drop").await, (5000, 1500, 0));
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
+    let mut config = test_config();
+    (config.no_worker, config.no_reconciler, config.no_reaper) = (true, true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 3000})).await;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
+    let server = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+
+    let url = format!("http://{listen}/v1/skus/drop/holds");
+    let drive = tokio::spawn({
+        let client = app.client.clone();
+        async move {
+            let requests = (0..2000).map(|i| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_micros(i * 300)).await;
+                    let response = client
+                        .post(url)
+                        .bearer_auth(STOREFRONT)
+                        .header("Idempotency-Key", format!("k{i}"))
+                        .json(&json!({"customer_id": format!("c{i}"), "quantity": 1}))
+                        .send()
+                        .await
+                        .ok()?;
+                    (response.status() == 201).then_some(())?;
+                    Some(
+                        response.json::<serde_json::Value>().await.ok()?["hold_id"]
+                            .as_str()?
+                            .to_owned(),
+                    )
+                }
+            });
+            join_all(requests)
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<String>>()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    server.kill();
+    let answered = drive.await.unwrap();
+    assert!(
+        !answered.is_empty() && answered.len() < 2000,
+        "killed mid-drop: {}",
+        answered.len()
+    );
+
+    let restarted = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+    let ids: Vec<uuid::Uuid> = answered
+        .iter()
+        .map(|h| uuid::Uuid::parse_str(h).unwrap())
+        .collect();
+    let in_ledger = async || {
+        let pool = app.pg().await;
+        let found: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM holds WHERE hold_id = ANY($1) AND state = 'held'",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        found
+    };
+    // The dead server's pending events are claimed once idle (5 s).
+    wait_for("every 201 the client saw to be in the ledger", async || {
+        in_ledger().await == ids.len() as i64
+    })
+    .await;
+    for hold in answered.iter().take(20) {
+        let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
+        assert_eq!(
+            (shown["state"].as_str(), shown["durable"].as_bool()),
+            (Some("held"), Some(true))
+        );
+    }
+    app.wait_for_ledger("drop").await;
+    let gate_held = app.sku("drop").await["held"].as_i64().unwrap();
+    assert_eq!(app.ledger_counts("drop").await, (3000, gate_held, 0));
+    drop(restarted);
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_goes_on_while_postgres_is_away_and_the_ledger_catches_up() {
+    let mut proxy = PgProxy::start().await;
+    let mut config = test_config();
+    let database = config
+        .stores
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    config.stores.database_url = proxy.database_url(&database);
+    config.stores.store_timeout_ms = 1000;
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 100})).await;
+
+    proxy.cut().await;
+    let holds: Vec<String> = join_all((0..50).map(|i| {
+        let app = &app;
+        async move { admit_ok(app, "drop", &format!("k{i}")).await }
+    }))
+    .await;
+    let confirm = app.hold_action(&holds[0], "confirm").await;
+    assert!(confirm.headers().contains_key("retry-after"));
+    let problem = assert_problem(confirm, 503, "unavailable").await;
+    assert_eq!(problem["detail"], "postgres is unavailable");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM holds").await,
+        0,
+        "nothing reached the ledger"
+    );
+
+    proxy.restore().await;
+    wait_for("the ledger to catch up", async || {
+        count(&app, "SELECT count(*) FROM holds").await == 50
+    })
+    .await;
+    let (status, confirmed) = {
+        let response = app.hold_action(&holds[0], "confirm").await;
+        (response.status().as_u16(), body(response).await)
+    };
+    assert_eq!((status, confirmed["durable"].as_bool()), (200, Some(true)));
+    assert_eq!(app.ledger_counts("drop").await, (100, 49, 1));
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_release_and_expiry_race_across_processes() {
+    let app = spawn_app_with(test_config()).await;
+    let n = 150;
+    app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 1000}))
+        .await;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
+    let other = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+
+    let holds: Vec<String> = join_all((0..n).map(|i| {
+        let app = &app;
+        async move { admit_ok(app, "drop", &format!("k{i}")).await }
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    let outcomes = join_all(holds.iter().map(|hold| {
+        let app = &app;
+        async move {
+            let release = app
+                .client
+                .post(format!("http://{listen}/v1/holds/{hold}/release"))
+                .bearer_auth(STOREFRONT)
+                .send();
+            let (confirm, release) = tokio::join!(app.hold_action(hold, "confirm"), release);
+            (
+                confirm.status().as_u16(),
+                release.unwrap().status().as_u16(),
+            )
+        }
+    }))
+    .await;
+    let confirmed = outcomes.iter().filter(|o| **o == (200, 409)).count() as i64;
+    let released = outcomes.iter().filter(|o| **o == (409, 200)).count() as i64;
+    let expired = outcomes.iter().filter(|o| **o == (409, 409)).count() as i64;
+    assert_eq!(
+        confirmed + released + expired,
+        n,
+        "exactly one winner per hold: {outcomes:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let sku_now = app.sku("drop").await;
+    assert_eq!(
+        (
+            sku_now["sold"].as_i64(),
+            sku_now["held"].as_i64(),
+            sku_now["available"].as_i64()
+        ),
+        (Some(confirmed), Some(0), Some(n - confirmed))
+    );
+    app.wait_for_ledger("drop").await;
+    assert_eq!(app.ledger_counts("drop").await, (n, 0, confirmed));
+    assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire') AND held_delta <> 0").await, n);
+    drop(other);
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
