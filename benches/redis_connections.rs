@@ -79,7 +79,7 @@ impl Settings {
             Ok(v) => v.parse().context("BENCH_SECONDS")?,
             Err(_) => DEFAULT_SECONDS,
         };
-        if concurrency == 0 || !(seconds > 0.0) {
+        if concurrency == 0 || !seconds.is_finite() || seconds <= 0.0 {
             bail!("BENCH_CONCURRENCY and BENCH_SECONDS must be positive");
         }
         Ok(Self {

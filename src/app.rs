@@ -75,6 +75,9 @@ pub struct Dropgate {
     pub ledger: Ledger,
     /// SKU → its ledger number, needed to mint hold ids. Never changes.
     sku_numbers: Arc<RwLock<HashMap<SkuId, u32>>>,
+    /// Replicas that must have an admission before it is answered, and for
+    /// how long to wait for them (ms); `None` answers from the primary.
+    replica_wait: Option<(u32, u64)>,
 }
 
 impl Dropgate {
@@ -83,7 +86,14 @@ impl Dropgate {
             gate,
             ledger,
             sku_numbers: Arc::default(),
+            replica_wait: None,
         }
+    }
+
+    /// Makes admissions wait (Redis WAIT) for `replicas` replicas.
+    pub fn with_replica_wait(mut self, replicas: u32, timeout_ms: u64) -> Self {
+        self.replica_wait = (replicas > 0).then_some((replicas, timeout_ms));
+        self
     }
 
     async fn sku_no(&self, sku: &SkuId) -> Result<Option<u32>, AppError> {
@@ -131,6 +141,21 @@ impl Dropgate {
             .await?;
         if outcome == Admission::UnknownSku {
             return self.unknown_sku_admission().await;
+        }
+        if let (Admission::Held { .. }, Some((replicas, timeout_ms))) =
+            (&outcome, self.replica_wait)
+        {
+            let acknowledged = self.gate.wait_for_replicas(replicas, timeout_ms).await?;
+            if acknowledged < replicas {
+                // The hold exists on the primary; answering 503 would only
+                // make the client retry into a replay. Count it instead.
+                metrics::counter!("dropgate_redis_wait_short_total").increment(1);
+                tracing::warn!(
+                    acknowledged,
+                    replicas,
+                    "admission not yet on enough replicas"
+                );
+            }
         }
         let held = match &outcome {
             Admission::Held {

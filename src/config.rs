@@ -120,6 +120,17 @@ pub struct ServeConfig {
     )]
     pub global_rps: u32,
 
+    /// Redis replicas that must acknowledge an admission before it answers
+    /// 201 (Redis WAIT); 0 = answer once the primary has it.
+    #[arg(long, env = "DROPGATE_REDIS_WAIT_REPLICAS", value_name = "DROPGATE_REDIS_WAIT_REPLICAS",
+          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: u32,
+
+    /// How long an admission waits for those replicas, in milliseconds.
+    #[arg(long, env = "DROPGATE_REDIS_WAIT_TIMEOUT_MS", value_name = "DROPGATE_REDIS_WAIT_TIMEOUT_MS",
+          default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub redis_wait_timeout_ms: u64,
+
     /// Do not run the commit worker in this process.
     #[arg(long)]
     pub no_worker: bool,

@@ -48,6 +48,11 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
     let epoch = app.ledger.start_epoch(reason).await?;
     tracing::warn!(epoch, skus = skus.len(), "{reason}");
     for sku in &skus {
+        // When only part of Redis was lost, whatever the stream still holds
+        // goes to the ledger first, so the rebuild loses nothing it had.
+        if let Err(error) = app.flush(&sku.sku, None).await {
+            tracing::debug!(sku = %sku.sku, %error, "no stream to flush before the rebuild");
+        }
         let source = app.ledger.gate_source(sku, epoch).await?;
         app.gate.rebuild_sku(&source).await?;
     }

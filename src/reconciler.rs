@@ -7,9 +7,12 @@
 //! found and changed. It also rebuilds the gate when Redis lost its data.
 
 use crate::app::{AppError, Dropgate};
-use crate::domain::SkuId;
+use crate::domain::{HoldState, SkuId};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// A ledger hold this far past its expiry should have been settled.
+const ORPHAN_GRACE_MS: i64 = 5_000;
 
 /// How often every SKU is compared.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,7 +56,38 @@ impl Reconciler {
         Ok(report)
     }
 
+    /// Holds the ledger still has as `held` long after their expiry, while
+    /// the gate settled them: their settling event was lost. The ledger takes
+    /// the gate's outcome (or `expired` if the gate forgot the hold), with a
+    /// movement saying why. Returns how many were settled.
+    pub async fn settle_orphans(&self, sku: &SkuId) -> Result<u64, AppError> {
+        let overdue = self
+            .app
+            .ledger
+            .overdue_holds(sku, ORPHAN_GRACE_MS, 500)
+            .await?;
+        if overdue.is_empty() {
+            return Ok(0);
+        }
+        // Whatever is still in the stream is not an orphan: apply it first.
+        self.app.flush(sku, None).await?;
+        let mut settled = 0;
+        for hold_id in overdue {
+            let to = match self.app.gate.hold(sku, hold_id).await? {
+                Some(hold) if hold.state == HoldState::Held => continue,
+                Some(hold) => hold.state,
+                None => HoldState::Expired,
+            };
+            if self.app.ledger.settle_orphan(sku, hold_id, to).await? {
+                tracing::warn!(%sku, %hold_id, state = to.as_str(), "reconciler settled a hold whose event was lost");
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+
     async fn check(&self, sku: &SkuId) -> Result<Option<Drift>, AppError> {
+        self.settle_orphans(sku).await?;
         let Some(snapshot) = self.app.gate.snapshot(sku).await? else {
             return Ok(None);
         };

@@ -30,7 +30,9 @@ pub struct Application {
 impl Application {
     /// Migrates the ledger, opens the gate and binds the listener.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
-        let app = connect(&config.stores).await?;
+        let app = connect(&config.stores)
+            .await?
+            .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms);
         if let Err(error) = crate::rebuild::ensure_gate(&app).await {
             // Not fatal: the server answers 503 and the next request or the
             // reconciler builds the gate once Redis is back.

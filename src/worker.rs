@@ -6,8 +6,8 @@
 //! applied again by another.
 
 use crate::app::Dropgate;
-use crate::domain::{now_ms, Event, SkuId};
-use crate::gate::{parse_event, CONSUMER_GROUP};
+use crate::domain::{now_ms, Event, Position, SkuId};
+use crate::gate::CONSUMER_GROUP;
 use crate::ledger::ApplyReport;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
@@ -179,31 +179,21 @@ impl Worker {
             return Ok(ApplyReport::default());
         }
 
-        let mut batch: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
+        // Deliveries say which SKUs moved and how far; what is applied is
+        // read back from each stream in order from the ledger's position.
+        // A dead consumer's claimed entries can arrive after newer ones were
+        // applied, so applying deliveries as they come could leave a gap.
+        let mut targets: BTreeMap<SkuId, Position> = BTreeMap::new();
         let mut acks: HashMap<String, Vec<String>> = HashMap::new();
         for (key, entry) in &entries {
             let Some(sku) = keys.get(key) else { continue };
-            match parse_event(&entry.id, &entry.map) {
-                Ok(event) => batch.entry(sku.clone()).or_default().push(event),
-                // An entry no code of ours wrote cannot be applied; keeping it
-                // would stall the SKU forever.
-                Err(error) => {
-                    tracing::error!(%sku, id = %entry.id, %error, "skipping unreadable event")
-                }
+            if let Some(position) = Position::parse(&entry.id) {
+                let target = targets.entry(sku.clone()).or_insert(position);
+                *target = (*target).max(position);
             }
             acks.entry(key.clone()).or_default().push(entry.id.clone());
         }
-
-        let started = Instant::now();
-        let report = self.app.ledger.apply(&batch).await?;
-        metrics::histogram!("dropgate_worker_commit_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("dropgate_worker_batch_events").record(entries.len() as f64);
-        if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
-            let lag_ms = (now_ms() - oldest).max(0);
-            metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
-        }
-        self.app.applied(&report).await?;
+        let report = self.apply_up_to(&targets).await?;
 
         let mut conn = self.pool.get().await?;
         for (key, ids) in &acks {
@@ -216,6 +206,54 @@ impl Worker {
             }
         }
         Ok(report)
+    }
+
+    /// Applies every SKU's events from the ledger's position up to its
+    /// target, in bounded batches, one transaction per batch.
+    async fn apply_up_to(
+        &self,
+        targets: &BTreeMap<SkuId, Position>,
+    ) -> Result<ApplyReport, WorkerError> {
+        let mut total = ApplyReport::default();
+        let per_sku = (self.limits.batch_max_events / targets.len().max(1)).max(100);
+        loop {
+            let skus: Vec<SkuId> = targets.keys().cloned().collect();
+            let applied = self.app.ledger.applied_positions(&skus).await?;
+            let mut batch: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
+            for (sku, target) in targets {
+                let Some(from) = applied.get(sku).copied() else {
+                    continue;
+                };
+                if from >= *target {
+                    continue;
+                }
+                let events = self
+                    .app
+                    .gate
+                    .events(sku, from, Some(*target), per_sku)
+                    .await?;
+                if !events.is_empty() {
+                    batch.insert(sku.clone(), events);
+                }
+            }
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            let started = Instant::now();
+            let report = self.app.ledger.apply(&batch).await?;
+            metrics::histogram!("dropgate_worker_commit_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("dropgate_worker_batch_events")
+                .record(batch.values().map(Vec::len).sum::<usize>() as f64);
+            if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
+                let lag_ms = (now_ms() - oldest).max(0);
+                metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
+            }
+            self.app.applied(&report).await?;
+            total.applied += report.applied;
+            total.skipped += report.skipped;
+            total.lost.extend(report.lost);
+        }
     }
 
     async fn refresh_skus(&mut self) -> Result<(), WorkerError> {

@@ -396,6 +396,7 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
         found
     };
     // The dead server's pending events are claimed once idle (5 s).
+    // The dead server's pending events are claimed once idle (5 s).
     wait_for("every 201 the client saw to be in the ledger", async || {
         in_ledger().await == ids.len() as i64
     })
@@ -517,5 +518,152 @@ async fn confirm_release_and_expiry_race_across_processes() {
     assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire') AND held_delta <> 0").await, n);
     drop(other);
     assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_ledger_refuses_an_oversell_and_the_hold_is_lost() {
+    let mut config = test_config();
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 2})).await;
+    // A gate that believes in stock the ledger does not have.
+    let mut redis = app.redis().await;
+    let () = redis::cmd("HSET")
+        .arg(app.key("drop", "stock"))
+        .arg("on_hand")
+        .arg(3)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let holds = [
+        admit_ok(&app, "drop", "a").await,
+        admit_ok(&app, "drop", "b").await,
+        admit_ok(&app, "drop", "c").await,
+    ];
+
+    app.app.flush(&sku("drop"), None).await.unwrap();
+    assert_eq!(
+        app.ledger_counts("drop").await,
+        (2, 2, 0),
+        "the ledger never oversells"
+    );
+    let shown = body(app.get(&format!("/v1/holds/{}", holds[2])).await).await;
+    assert_eq!(shown["state"], "lost");
+    assert_problem(
+        app.hold_action(&holds[2], "confirm").await,
+        409,
+        "hold_lost",
+    )
+    .await;
+    assert_eq!(
+        app.sku("drop").await["held"],
+        2,
+        "the gate dropped the lost hold"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM movements WHERE kind = 'lost'").await,
+        1
+    );
+
+    // The reconciler then squares the stock with the ledger, audited.
+    let report = dropgate::reconciler::Reconciler::new(app.app.clone())
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.drift[0].on_hand, report.drift[0].repaired),
+        (1, true)
+    );
+    assert_eq!(app.sku("drop").await["available"], 0);
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
+    let mut config = test_config();
+    (config.no_worker, config.no_reconciler, config.no_reaper) = (true, true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 5, "hold_ttl_ms": 1000}))
+        .await;
+    let hold = admit_ok(&app, "drop", "a").await;
+    app.app.flush(&sku("drop"), None).await.unwrap();
+    assert_eq!(app.ledger_counts("drop").await, (5, 1, 0));
+
+    // The reaper expires it, then its event vanishes before the ledger sees it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    dropgate::reaper::Reaper::new(app.app.gate.clone())
+        .run_once()
+        .await
+        .unwrap();
+    let mut redis = app.redis().await;
+    let () = redis::cmd("XTRIM")
+        .arg(app.key("drop", "events"))
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let reconciler = dropgate::reconciler::Reconciler::new(app.app.clone());
+    assert_eq!(reconciler.settle_orphans(&sku("drop")).await.unwrap(), 1);
+    assert_eq!(app.ledger_counts("drop").await, (5, 0, 0));
+    let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
+    assert_eq!(shown["state"], "expired");
+    assert!(reconciler.run_once().await.unwrap().drift.is_empty());
+    assert_audit_passes(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admissions_can_wait_for_a_replica() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(primary.port);
+    let mut config = test_config();
+    config.stores.redis_url = primary.url();
+    (config.redis_wait_replicas, config.redis_wait_timeout_ms) = (1, 2000);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 5})).await;
+    let hold = admit_ok(&app, "drop", "a").await;
+
+    // Answered only once the replica had it: read it there at once.
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(app.key("drop", &format!("h:{hold}")))
+        .arg("s")
+        .query_async(&mut on_replica)
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("held"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_events_are_trimmed_from_the_stream() {
+    let app = spawn_app_with(test_config()).await;
+    app.create_sku("drop", json!({"on_hand": 100})).await;
+    for i in 0..30 {
+        admit_ok(&app, "drop", &format!("k{i}")).await;
+    }
+    let mut redis = app.redis().await;
+    wait_for("the worker to acknowledge and trim", async || {
+        let length: i64 = redis::cmd("XLEN")
+            .arg(app.key("drop", "events"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        length == 0
+    })
+    .await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        30
+    );
     app.stop().await;
 }

@@ -483,8 +483,6 @@ impl Gate {
     }
 }
 
-pub(crate) use reply::event as parse_event;
-
 fn sold_out(retry_after_ms: i64) -> Admission {
     Admission::SoldOut {
         retry_after_ms: (retry_after_ms > 0).then_some(retry_after_ms),
@@ -612,6 +610,21 @@ impl Gate {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(repaired == 1)
+    }
+
+    /// Redis WAIT on the shared connection: blocks until `replicas` replicas
+    /// have every write sent so far (ours and everyone's before it), or
+    /// `timeout_ms`. Returns how many acknowledged.
+    pub async fn wait_for_replicas(
+        &self,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> Result<u32, GateError> {
+        Ok(redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms)
+            .query_async(&mut self.conn.clone())
+            .await?)
     }
 
     /// Marks a hold the ledger refused as lost; returns its former state.

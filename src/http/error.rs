@@ -192,22 +192,20 @@ impl IntoResponse for ApiError {
 
 impl From<AppError> for ApiError {
     fn from(error: AppError) -> Self {
-        match &error {
-            AppError::Ledger(crate::ledger::LedgerError::Invariant(_)) => {
-                tracing::error!(%error, "internal error");
-                Self::Internal
+        let unavailable = match &error {
+            AppError::Gate(gate) => gate.is_unavailable(),
+            AppError::Ledger(ledger) => ledger.is_unavailable(),
+            AppError::GateNotBuilt => true,
+        };
+        if unavailable {
+            tracing::warn!(%error, "dependency unavailable");
+            Self::Unavailable {
+                dependency: error.dependency(),
+                retry_after_s: 1,
             }
-            AppError::Gate(gate) if !gate.is_unavailable() => {
-                tracing::error!(%error, "internal error");
-                Self::Internal
-            }
-            _ => {
-                tracing::warn!(%error, "dependency unavailable");
-                Self::Unavailable {
-                    dependency: error.dependency(),
-                    retry_after_s: 1,
-                }
-            }
+        } else {
+            tracing::error!(%error, "internal error");
+            Self::Internal
         }
     }
 }

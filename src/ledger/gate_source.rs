@@ -2,7 +2,7 @@
 //! side of reconciliation.
 
 use super::{Ledger, LedgerError, LedgerSku};
-use crate::domain::{HoldId, SkuId};
+use crate::domain::{HoldId, HoldState, SkuId};
 use crate::gate::{GateSku, RebuiltHold, RebuiltSku};
 use sqlx::Row;
 use time::OffsetDateTime;
@@ -140,6 +140,83 @@ impl Ledger {
         .execute(&self.pool)
         .await?;
         Ok(event_id)
+    }
+
+    /// Holds still `held` in the ledger well past their expiry: the gate
+    /// should have settled them by now.
+    pub async fn overdue_holds(
+        &self,
+        sku: &SkuId,
+        grace_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<HoldId>, LedgerError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT hold_id FROM holds WHERE sku = $1 AND state = 'held'
+               AND expires_at < now() - make_interval(secs => $2::float8 / 1000) LIMIT $3",
+        )
+        .bind(sku.as_str())
+        .bind(grace_ms as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(HoldId::from_uuid).collect())
+    }
+
+    /// Settles a hold the gate settled but whose event never reached the
+    /// ledger, with a movement saying so. False if it was not `held` here.
+    pub async fn settle_orphan(
+        &self,
+        sku: &SkuId,
+        hold_id: HoldId,
+        to: HoldState,
+    ) -> Result<bool, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM skus WHERE sku = $1 FOR UPDATE")
+            .bind(sku.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let quantity: Option<i32> = sqlx::query_scalar(
+            "UPDATE holds SET state = $2, updated_at = now() WHERE hold_id = $1 AND state = 'held' RETURNING quantity",
+        )
+        .bind(hold_id.uuid())
+        .bind(to.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(quantity) = quantity.map(i64::from) else {
+            return Ok(false);
+        };
+        let sold = if to == HoldState::Confirmed {
+            quantity
+        } else {
+            0
+        };
+        let kind = match to {
+            HoldState::Confirmed => "confirm",
+            HoldState::Released => "release",
+            _ => "expire",
+        };
+        sqlx::query(
+            "INSERT INTO movements (event_id, sku, hold_id, kind, held_delta, sold_delta, reason, occurred_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'reconciler: the gate settled this hold; its event never reached the ledger', now())",
+        )
+        .bind(Uuid::new_v4())
+        .bind(sku.as_str())
+        .bind(hold_id.uuid())
+        .bind(kind)
+        .bind(-quantity)
+        .bind(sold)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE skus SET held = held - $2, sold = sold + $3, updated_at = now() WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .bind(quantity)
+        .bind(sold)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Every SKU, in id order.

@@ -11,6 +11,7 @@ use crate::domain::{HoldId, HoldState, Position, SkuId, SkuSettings};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -23,6 +24,27 @@ pub enum LedgerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ledger invariant broken: {0}")]
     Invariant(String),
+}
+
+impl LedgerError {
+    /// True when Postgres could not be reached, was shutting down or out of
+    /// resources, as opposed to refusing a statement (a bug on our side).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
+                ["08", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            Self::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            )
+            | Self::Database(
+                sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Self::Database(_) | Self::Migrate(_) | Self::Invariant(_) => false,
+        }
+    }
 }
 
 /// Creates the database if it does not exist, then applies migrations.
@@ -149,6 +171,25 @@ impl Ledger {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(ledger_sku).collect()
+    }
+
+    /// The applied stream position of each SKU the ledger has.
+    pub async fn applied_positions(
+        &self,
+        skus: &[SkuId],
+    ) -> Result<HashMap<SkuId, Position>, LedgerError> {
+        let names: Vec<&str> = skus.iter().map(SkuId::as_str).collect();
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT sku, epoch, applied_seq FROM skus WHERE sku = ANY($1)")
+                .bind(&names)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(sku, epoch, seq)| {
+                Some((SkuId::parse(&sku).ok()?, Position { epoch, seq }))
+            })
+            .collect())
     }
 
     pub async fn hold(&self, hold_id: HoldId) -> Result<Option<LedgerHold>, LedgerError> {

@@ -49,16 +49,42 @@ impl RedisServer {
         server
     }
 
+    /// A replica of the server on `primary_port`, in sync before it returns.
+    pub fn start_replica_of(primary_port: u16) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+        };
+        server.spawn(&["--replicaof", "127.0.0.1", &primary_port.to_string()]);
+        let url = server.url();
+        wait_until("replica sync", Duration::from_secs(10), || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut c)
+                })
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        });
+        server
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts (again) on the same port, empty: nothing is persisted.
     pub fn restart(&mut self) {
+        self.spawn(&[]);
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let port = self.port.to_string();
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.port.to_string(),
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -66,6 +92,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,137 @@
+//! The binary as operators meet it: configuration errors and `audit`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{spawn_app_with, test_config, TestApp, PG_BASE};
+use serde_json::{json, Value};
+use std::process::{Command, Output};
+
+fn dropgate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dropgate"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("dropgate runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_value_stops_start_up_with_one_line_naming_it() {
+    let cases = [
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:99999/x",
+            "DATABASE_URL: invalid port\n",
+        ),
+        (
+            "DATABASE_URL",
+            "mysql://h/x",
+            "DATABASE_URL: scheme must be postgres://\n",
+        ),
+        (
+            "REDIS_URL",
+            "http://127.0.0.1",
+            "REDIS_URL: scheme must be redis://\n",
+        ),
+        (
+            "DROPGATE_LISTEN",
+            "nowhere",
+            "DROPGATE_LISTEN: invalid socket address syntax\n",
+        ),
+        (
+            "DROPGATE_KEY_PREFIX",
+            "a:b",
+            "DROPGATE_KEY_PREFIX: must be 1..64 characters of [A-Za-z0-9._-]\n",
+        ),
+        (
+            "DROPGATE_ADMIN_TOKEN",
+            "short",
+            "DROPGATE_ADMIN_TOKEN: tokens must be 8..256 visible ASCII characters\n",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let output = dropgate(&["serve"], &[(name, value)]);
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        assert_eq!(stderr(&output), expected, "{name}");
+    }
+    let output = dropgate(&["serve"], &[("DROPGATE_CUSTOMER_RPS", "ten")]);
+    assert_eq!(output.status.code(), Some(2));
+    let line = stderr(&output);
+    assert!(
+        line.starts_with("DROPGATE_CUSTOMER_RPS: ") && line.lines().count() == 1,
+        "{line}"
+    );
+}
+
+fn audit(app: &TestApp, json_output: bool) -> Output {
+    let database_url = format!("{PG_BASE}/{}", app.database);
+    let mut args = vec!["audit"];
+    if json_output {
+        args.push("--json");
+    }
+    dropgate(
+        &args,
+        &[
+            ("DATABASE_URL", &database_url),
+            ("REDIS_URL", &app.redis_url),
+            ("DROPGATE_KEY_PREFIX", &app.prefix),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_passes_on_a_healthy_drop_and_fails_on_a_breach() {
+    let mut config = test_config();
+    config.no_reconciler = true;
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 10})).await;
+    for i in 0..3 {
+        assert_eq!(
+            app.admit("drop", &format!("k{i}"), &format!("c{i}"), 1)
+                .await
+                .status(),
+            201
+        );
+    }
+
+    let output = audit(&app, false);
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{table}{}", stderr(&output));
+    assert!(
+        table.contains("drop") && table.ends_with("audit passed\n"),
+        "{table}"
+    );
+
+    let output = audit(&app, true);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["skus"][0]["held"], 3);
+    assert_eq!(report["skus"][0]["live_holds_gate"], 3);
+    assert_eq!(report["skus"][0]["live_holds_ledger"], 3);
+
+    // Behind dropgate's back: the gate now disagrees with the ledger.
+    let mut redis = app.redis().await;
+    let () = redis::cmd("HINCRBY")
+        .arg(app.key("drop", "stock"))
+        .arg("sold")
+        .arg(2)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let output = audit(&app, true);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["skus"][0]["breaches"][0],
+        "gate has on_hand 10 held 3 sold 2"
+    );
+    app.stop().await;
+}
