@@ -1,6 +1,7 @@
 //! The operations of dropgate, across the gate and the ledger. The HTTP layer
 //! parses requests into domain values, calls these, and maps the outcomes.
 
+use crate::config::{AdmissionMode, RedisDown};
 use crate::domain::{
     now_ms, time_from_ms, CustomerId, Hold, HoldId, HoldState, IdempotencyKey, Position, Quantity,
     Sku, SkuId, SkuSettings,
@@ -8,8 +9,10 @@ use crate::domain::{
 use crate::gate::{
     Admission, Gate, GateError, GateHold, GateSku, SkuChange, StockChange, Transition,
 };
+use crate::ledger::DirectTransition;
 use crate::ledger::{ApplyReport, Ledger, LedgerError};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use uuid::Uuid;
 
@@ -78,6 +81,13 @@ pub struct Dropgate {
     /// Replicas that must have an admission before it is answered, and for
     /// how long to wait for them (ms); `None` answers from the primary.
     replica_wait: Option<(u32, u64)>,
+    /// Who decides admissions: the gate, or Postgres alone (the peer).
+    admission: AdmissionMode,
+    /// What admission does while Redis is unreachable.
+    redis_down: RedisDown,
+    /// Set when Postgres admitted in Redis's place: the gate is stale until
+    /// rebuilt from the ledger.
+    fallback_used: Arc<AtomicBool>,
 }
 
 impl Dropgate {
@@ -87,7 +97,63 @@ impl Dropgate {
             ledger,
             sku_numbers: Arc::default(),
             replica_wait: None,
+            admission: AdmissionMode::Redis,
+            redis_down: RedisDown::Reject,
+            fallback_used: Arc::default(),
         }
+    }
+
+    pub fn with_admission(mut self, admission: AdmissionMode, redis_down: RedisDown) -> Self {
+        (self.admission, self.redis_down) = (admission, redis_down);
+        self
+    }
+
+    pub fn admission(&self) -> AdmissionMode {
+        self.admission
+    }
+
+    pub fn mark_fallback_used(&self) {
+        self.fallback_used.store(true, Ordering::Relaxed);
+    }
+
+    /// True once after Postgres admitted in Redis's place.
+    pub fn take_fallback_used(&self) -> bool {
+        self.fallback_used.swap(false, Ordering::Relaxed)
+    }
+
+    /// The SKU owning a hold id: the gate says, or the ledger when Postgres
+    /// decides (Postgres admission, or fallback while Redis is away).
+    async fn sku_of(&self, hold_id: HoldId) -> Result<Option<SkuId>, AppError> {
+        if self.admission == AdmissionMode::Postgres {
+            return Ok(self.ledger.sku_by_no(hold_id.sku_no()).await?);
+        }
+        match self.gate.sku_of(hold_id).await {
+            Ok(sku) => Ok(sku),
+            Err(error) if self.falls_back(&error) => {
+                Ok(self.ledger.sku_by_no(hold_id.sku_no()).await?)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A hold transition done by Postgres alone; `Held` means extend.
+    async fn direct(&self, hold_id: HoldId, to: HoldState) -> Result<HoldOutcome, AppError> {
+        let transition = if to == HoldState::Held {
+            self.ledger.extend_direct(hold_id).await?
+        } else {
+            self.ledger.settle_direct(hold_id, to).await?
+        };
+        Ok(match transition {
+            DirectTransition::Done | DirectTransition::Same => self.ledger_hold(hold_id).await?,
+            DirectTransition::Conflict(state) => HoldOutcome::Conflict(state),
+            DirectTransition::ExtensionLimit => HoldOutcome::ExtensionLimit,
+            DirectTransition::NoHold => HoldOutcome::NotFound,
+        })
+    }
+
+    /// True when Postgres stands in for an unreachable gate.
+    fn falls_back(&self, error: &GateError) -> bool {
+        self.redis_down == RedisDown::Fallback && error.is_unavailable()
     }
 
     /// Makes admissions wait (Redis WAIT) for `replicas` replicas.
@@ -112,8 +178,49 @@ impl Dropgate {
         Ok(no)
     }
 
-    /// Admits a hold: one script in Redis, no Postgres.
+    /// Admits a hold: one script in Redis, no Postgres. With
+    /// `DROPGATE_ADMISSION=postgres`, or when Redis is unreachable and
+    /// `DROPGATE_REDIS_DOWN=fallback`, one conditional UPDATE in Postgres.
     pub async fn admit(
+        &self,
+        sku: &SkuId,
+        customer: &CustomerId,
+        quantity: Quantity,
+        key: &IdempotencyKey,
+    ) -> Result<Admitted, AppError> {
+        if self.admission == AdmissionMode::Postgres {
+            return self.admit_direct(sku, customer, quantity, key).await;
+        }
+        match self.admit_gate(sku, customer, quantity, key).await {
+            Err(AppError::Gate(error))
+                if error.is_unavailable() && self.redis_down == RedisDown::Fallback =>
+            {
+                // Redis must be rebuilt from the ledger before it decides
+                // again: it does not know these holds.
+                self.mark_fallback_used();
+                metrics::counter!("dropgate_fallback_admissions_total").increment(1);
+                self.admit_direct(sku, customer, quantity, key).await
+            }
+            other => other,
+        }
+    }
+
+    async fn admit_direct(
+        &self,
+        sku: &SkuId,
+        customer: &CustomerId,
+        quantity: Quantity,
+        key: &IdempotencyKey,
+    ) -> Result<Admitted, AppError> {
+        let fingerprint = fingerprint(customer, quantity);
+        let outcome = self
+            .ledger
+            .admit_direct(sku, customer, quantity, key, &fingerprint)
+            .await?;
+        Ok(admitted(sku, customer, quantity, outcome))
+    }
+
+    async fn admit_gate(
         &self,
         sku: &SkuId,
         customer: &CustomerId,
@@ -157,31 +264,7 @@ impl Dropgate {
                 );
             }
         }
-        let held = match &outcome {
-            Admission::Held {
-                hold_id,
-                expires_at_ms,
-            } => Some((*hold_id, *expires_at_ms)),
-            Admission::Replayed(first) => match first.as_ref() {
-                Admission::Held {
-                    hold_id,
-                    expires_at_ms,
-                } => Some((*hold_id, *expires_at_ms)),
-                _ => None,
-            },
-            _ => None,
-        };
-        let hold = held.map(|(hold_id, expires_at_ms)| Hold {
-            hold_id,
-            sku: sku.clone(),
-            customer_id: customer.as_str().to_owned(),
-            quantity: i64::from(quantity.get()),
-            state: HoldState::Held,
-            expires_at: time_from_ms(expires_at_ms),
-            extensions: 0,
-            durable: false,
-        });
-        Ok(Admitted { outcome, hold })
+        Ok(admitted(sku, customer, quantity, outcome))
     }
 
     /// A SKU the gate does not have: unknown, or the gate lost its data.
@@ -198,10 +281,19 @@ impl Dropgate {
     }
 
     pub async fn hold(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+        let Some(sku) = self.sku_of(hold_id).await? else {
             return Ok(HoldOutcome::NotFound);
         };
-        match self.gate.hold(&sku, hold_id).await? {
+        let in_gate = if self.admission == AdmissionMode::Postgres {
+            None
+        } else {
+            match self.gate.hold(&sku, hold_id).await {
+                Ok(hold) => hold,
+                Err(error) if self.falls_back(&error) => None,
+                Err(error) => return Err(error.into()),
+            }
+        };
+        match in_gate {
             Some(hold) => {
                 // The ledger being away only means "not known to be durable".
                 let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
@@ -248,10 +340,19 @@ impl Dropgate {
 
     /// Confirms a hold; answers only once the ledger has the confirmation.
     pub async fn confirm(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+        if self.admission == AdmissionMode::Postgres {
+            return self.direct(hold_id, HoldState::Confirmed).await;
+        }
+        let Some(sku) = self.sku_of(hold_id).await? else {
             return Ok(HoldOutcome::NotFound);
         };
-        let (hold, up_to) = match self.gate.confirm(&sku, hold_id).await? {
+        let (hold, up_to) = match match self.gate.confirm(&sku, hold_id).await {
+            Ok(transition) => transition,
+            Err(error) if self.falls_back(&error) => {
+                return self.direct(hold_id, HoldState::Confirmed).await
+            }
+            Err(error) => return Err(error.into()),
+        } {
             Transition::Done { hold, position } => (hold, Some(position)),
             Transition::Same { hold } => (hold, None),
             Transition::Conflict { hold, position } => {
@@ -278,46 +379,70 @@ impl Dropgate {
 
     /// Releases a hold; its units are available again at once.
     pub async fn release(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+        if self.admission == AdmissionMode::Postgres {
+            return self.direct(hold_id, HoldState::Released).await;
+        }
+        let Some(sku) = self.sku_of(hold_id).await? else {
             return Ok(HoldOutcome::NotFound);
         };
-        Ok(match self.gate.release(&sku, hold_id).await? {
-            Transition::Done { hold, position } => {
-                let durable = self.flush_quietly(&sku, Some(position)).await;
-                HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
-            }
-            Transition::Same { hold } => {
-                let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
-                HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
-            }
-            Transition::Conflict { hold, position } => {
-                self.flush_quietly(&sku, position).await;
-                HoldOutcome::Conflict(hold.state)
-            }
-            Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
-            Transition::NoHold => {
-                return self.settled_elsewhere(hold_id, HoldState::Released).await
-            }
-        })
+        Ok(
+            match match self.gate.release(&sku, hold_id).await {
+                Ok(transition) => transition,
+                Err(error) if self.falls_back(&error) => {
+                    return self.direct(hold_id, HoldState::Released).await
+                }
+                Err(error) => return Err(error.into()),
+            } {
+                Transition::Done { hold, position } => {
+                    let durable = self.flush_quietly(&sku, Some(position)).await;
+                    HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
+                }
+                Transition::Same { hold } => {
+                    let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
+                    HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
+                }
+                Transition::Conflict { hold, position } => {
+                    self.flush_quietly(&sku, position).await;
+                    HoldOutcome::Conflict(hold.state)
+                }
+                Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
+                Transition::NoHold => {
+                    return self.settled_elsewhere(hold_id, HoldState::Released).await
+                }
+            },
+        )
     }
 
     /// Moves a held hold's expiry to now + the SKU's hold TTL.
     pub async fn extend(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        let Some(sku) = self.gate.sku_of(hold_id).await? else {
+        if self.admission == AdmissionMode::Postgres {
+            return self.direct(hold_id, HoldState::Held).await;
+        }
+        let Some(sku) = self.sku_of(hold_id).await? else {
             return Ok(HoldOutcome::NotFound);
         };
-        Ok(match self.gate.extend(&sku, hold_id).await? {
-            Transition::Done { hold, .. } | Transition::Same { hold } => {
-                let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
-                HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
-            }
-            Transition::Conflict { hold, position } => {
-                self.flush_quietly(&sku, position).await;
-                HoldOutcome::Conflict(hold.state)
-            }
-            Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
-            Transition::NoHold => return self.settled_elsewhere(hold_id, HoldState::Held).await,
-        })
+        Ok(
+            match match self.gate.extend(&sku, hold_id).await {
+                Ok(transition) => transition,
+                Err(error) if self.falls_back(&error) => {
+                    return self.direct(hold_id, HoldState::Held).await
+                }
+                Err(error) => return Err(error.into()),
+            } {
+                Transition::Done { hold, .. } | Transition::Same { hold } => {
+                    let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
+                    HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
+                }
+                Transition::Conflict { hold, position } => {
+                    self.flush_quietly(&sku, position).await;
+                    HoldOutcome::Conflict(hold.state)
+                }
+                Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
+                Transition::NoHold => {
+                    return self.settled_elsewhere(hold_id, HoldState::Held).await
+                }
+            },
+        )
     }
 
     /// A transition asked of a hold the gate no longer keeps: answer from the
@@ -386,6 +511,9 @@ impl Dropgate {
     }
 
     pub async fn sku(&self, sku: &SkuId) -> Result<Option<Sku>, AppError> {
+        if self.admission == AdmissionMode::Postgres {
+            return Ok(self.ledger.sku(sku).await?.map(|row| ledger_sku(&row)));
+        }
         match self.gate.sku(sku).await? {
             Some(figures) => Ok(Some(api_sku(sku, &figures))),
             None => {
@@ -397,6 +525,15 @@ impl Dropgate {
 
     pub async fn skus(&self, after: Option<&SkuId>, limit: i64) -> Result<Vec<Sku>, AppError> {
         let mut skus = Vec::new();
+        if self.admission == AdmissionMode::Postgres {
+            return Ok(self
+                .ledger
+                .skus(after, limit)
+                .await?
+                .iter()
+                .map(ledger_sku)
+                .collect());
+        }
         for row in self.ledger.skus(after, limit).await? {
             if let Some(figures) = self.gate.sku(&row.sku).await? {
                 skus.push(api_sku(&row.sku, &figures));
@@ -496,5 +633,52 @@ fn api_sku(sku: &SkuId, figures: &GateSku) -> Sku {
         per_customer_limit: figures.per_customer_limit,
         hold_ttl_ms: figures.hold_ttl_ms,
         max_extensions: figures.max_extensions,
+    }
+}
+
+/// The API's view of an admission outcome.
+fn admitted(
+    sku: &SkuId,
+    customer: &CustomerId,
+    quantity: Quantity,
+    outcome: Admission,
+) -> Admitted {
+    let held = match &outcome {
+        Admission::Held {
+            hold_id,
+            expires_at_ms,
+        } => Some((*hold_id, *expires_at_ms)),
+        Admission::Replayed(first) => match first.as_ref() {
+            Admission::Held {
+                hold_id,
+                expires_at_ms,
+            } => Some((*hold_id, *expires_at_ms)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let hold = held.map(|(hold_id, expires_at_ms)| Hold {
+        hold_id,
+        sku: sku.clone(),
+        customer_id: customer.as_str().to_owned(),
+        quantity: i64::from(quantity.get()),
+        state: HoldState::Held,
+        expires_at: time_from_ms(expires_at_ms),
+        extensions: 0,
+        durable: false,
+    });
+    Admitted { outcome, hold }
+}
+
+fn ledger_sku(row: &crate::ledger::LedgerSku) -> Sku {
+    Sku {
+        sku: row.sku.clone(),
+        on_hand: row.on_hand,
+        available: row.on_hand - row.held - row.sold,
+        held: row.held,
+        sold: row.sold,
+        per_customer_limit: row.per_customer_limit,
+        hold_ttl_ms: row.hold_ttl_ms,
+        max_extensions: row.max_extensions,
     }
 }

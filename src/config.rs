@@ -120,6 +120,18 @@ pub struct ServeConfig {
     )]
     pub global_rps: u32,
 
+    /// Who decides admissions: `redis` (the gate) or `postgres` (one
+    /// conditional UPDATE per admission: the benchmark peer).
+    #[arg(long, env = "DROPGATE_ADMISSION", value_name = "DROPGATE_ADMISSION",
+          value_enum, default_value_t = AdmissionMode::Redis)]
+    pub admission: AdmissionMode,
+
+    /// While Redis is unreachable: `reject` admissions (503) or `fallback`
+    /// to Postgres-direct admission.
+    #[arg(long, env = "DROPGATE_REDIS_DOWN", value_name = "DROPGATE_REDIS_DOWN",
+          value_enum, default_value_t = RedisDown::Reject)]
+    pub redis_down: RedisDown,
+
     /// Redis replicas that must acknowledge an admission before it answers
     /// 201 (Redis WAIT); 0 = answer once the primary has it.
     #[arg(long, env = "DROPGATE_REDIS_WAIT_REPLICAS", value_name = "DROPGATE_REDIS_WAIT_REPLICAS",
@@ -146,6 +158,18 @@ pub struct ServeConfig {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "DROPGATE_LOG_JSON", value_name = "DROPGATE_LOG_JSON")]
     pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdmissionMode {
+    Redis,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisDown {
+    Reject,
+    Fallback,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,8 +3,9 @@
 //! script appends. Expiring twice is a no-op, and confirm, release and the
 //! reaper race safely because each settles a hold only while it is `held`.
 
+use crate::app::{AppError, Dropgate};
+use crate::config::AdmissionMode;
 use crate::domain::now_ms;
-use crate::gate::{Gate, GateError};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -15,21 +16,37 @@ const EXPIRE_BATCH: usize = 200;
 pub const REAP_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct Reaper {
-    gate: Gate,
+    app: Dropgate,
 }
 
 impl Reaper {
-    pub fn new(gate: Gate) -> Self {
-        Self { gate }
+    pub fn new(app: Dropgate) -> Self {
+        Self { app }
     }
 
     /// Expires every due hold of every SKU; returns how many it expired.
-    pub async fn run_once(&self) -> Result<u64, GateError> {
+    /// Holds only Postgres knows (Postgres admission, or admitted in Redis's
+    /// place while it was away) are expired there.
+    pub async fn run_once(&self) -> Result<u64, AppError> {
+        if self.app.admission() == AdmissionMode::Postgres {
+            return Ok(u64::try_from(self.app.ledger.expire_due_direct().await?).unwrap_or(0));
+        }
+        match self.expire_in_gate().await {
+            Err(AppError::Gate(error)) if error.is_unavailable() => {
+                let expired = self.app.ledger.expire_due_direct().await?;
+                Ok(u64::try_from(expired).unwrap_or(0))
+            }
+            other => other,
+        }
+    }
+
+    async fn expire_in_gate(&self) -> Result<u64, AppError> {
+        let gate = &self.app.gate;
         let mut expired = 0;
-        for sku in self.gate.skus().await? {
+        for sku in gate.skus().await? {
             loop {
                 let (now_expired, still_due) =
-                    self.gate.expire_due(&sku, EXPIRE_BATCH, now_ms()).await?;
+                    gate.expire_due(&sku, EXPIRE_BATCH, now_ms()).await?;
                 expired += now_expired;
                 if still_due == 0 || now_expired == 0 {
                     break;

@@ -45,6 +45,15 @@ impl Reconciler {
 
     /// One pass over every SKU.
     pub async fn run_once(&self) -> Result<ReconcileReport, AppError> {
+        if self.app.take_fallback_used() {
+            // Postgres admitted while Redis was away: the gate does not know
+            // those holds. Rebuild it from the ledger (after flushing what it
+            // still has), or try again next round if Redis is still away.
+            if let Err(error) = self.app.gate.forget_epoch().await {
+                self.app.mark_fallback_used();
+                return Err(error.into());
+            }
+        }
         crate::rebuild::ensure_gate(&self.app).await?;
         let mut report = ReconcileReport::default();
         for sku in self.app.ledger.all_skus().await? {

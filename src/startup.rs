@@ -32,7 +32,8 @@ impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let app = connect(&config.stores)
             .await?
-            .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms);
+            .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
+            .with_admission(config.admission, config.redis_down);
         if let Err(error) = crate::rebuild::ensure_gate(&app).await {
             // Not fatal: the server answers 503 and the next request or the
             // reconciler builds the gate once Redis is back.
@@ -82,10 +83,12 @@ impl Application {
             background.push(tokio::spawn(worker.run(stop_rx.clone())));
         }
         if !self.config.no_reaper {
-            let reaper = Reaper::new(self.state.app.gate.clone());
+            let reaper = Reaper::new(self.state.app.clone());
             background.push(tokio::spawn(reaper.run(stop_rx.clone())));
         }
-        if !self.config.no_reconciler {
+        // With Postgres deciding admissions there is no gate to reconcile.
+        let postgres_only = self.config.admission == crate::config::AdmissionMode::Postgres;
+        if !self.config.no_reconciler && !postgres_only {
             let reconciler = crate::reconciler::Reconciler::new(self.state.app.clone());
             background.push(tokio::spawn(reconciler.run(stop_rx.clone())));
         }

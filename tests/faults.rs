@@ -593,7 +593,7 @@ async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
 
     // The reaper expires it, then its event vanishes before the ledger sees it.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    dropgate::reaper::Reaper::new(app.app.gate.clone())
+    dropgate::reaper::Reaper::new(app.app.clone())
         .run_once()
         .await
         .unwrap();

@@ -30,6 +30,8 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         storefront_tokens: vec![DEV_STOREFRONT_TOKEN.to_owned()],
         customer_rps: 10,
         global_rps: 0,
+        admission: crate::config::AdmissionMode::Redis,
+        redis_down: crate::config::RedisDown::Reject,
         redis_wait_replicas: 0,
         redis_wait_timeout_ms: 100,
         no_worker: false,

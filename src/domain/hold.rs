@@ -57,7 +57,9 @@ impl Serialize for HoldId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// `held` until confirmed, released, expired (its TTL passed) or lost (the
+/// gate lost it before the ledger had it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HoldState {
     Held,
@@ -91,16 +93,29 @@ impl HoldState {
 }
 
 /// A hold as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Hold {
+    #[schema(value_type = uuid::Uuid)]
     pub hold_id: HoldId,
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
     pub sku: SkuId,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+        example = "c-42"
+    )]
     pub customer_id: String,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
     pub state: HoldState,
+    /// RFC 3339, UTC.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: time::OffsetDateTime,
+    /// Times this hold was extended.
+    #[schema(minimum = 0, maximum = 10)]
     pub extensions: i64,
+    /// True once the ledger (Postgres) has the hold.
     pub durable: bool,
 }
 

@@ -6,7 +6,8 @@ use crate::app::AppError;
 use crate::domain::{FieldError, HoldState};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -46,29 +47,29 @@ impl ApiError {
         Self::Validation(vec![error])
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ProblemCode {
         match self {
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::Validation(_) => "validation",
-            Self::Malformed(_) => "malformed",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::IdempotencyKeyMissing => "idempotency_key_missing",
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::NotFound(_) | Self::RouteNotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::SoldOut { .. } => "sold_out",
-            Self::LimitExceeded { .. } => "limit_exceeded",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::HoldState(HoldState::Expired) => "hold_expired",
-            Self::HoldState(HoldState::Released) => "hold_released",
-            Self::HoldState(HoldState::Confirmed) => "hold_confirmed",
-            Self::HoldState(HoldState::Lost) => "hold_lost",
-            Self::HoldState(HoldState::Held) => "hold_held",
-            Self::ExtensionLimit => "extension_limit",
-            Self::Conflict(_) => "conflict",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Internal => "internal",
+            Self::Unauthorized => ProblemCode::Unauthorized,
+            Self::Forbidden => ProblemCode::Forbidden,
+            Self::Validation(_) => ProblemCode::Validation,
+            Self::Malformed(_) => ProblemCode::Malformed,
+            Self::PayloadTooLarge => ProblemCode::PayloadTooLarge,
+            Self::IdempotencyKeyMissing => ProblemCode::IdempotencyKeyMissing,
+            Self::IdempotencyKeyReused => ProblemCode::IdempotencyKeyReused,
+            Self::NotFound(_) | Self::RouteNotFound => ProblemCode::NotFound,
+            Self::MethodNotAllowed => ProblemCode::MethodNotAllowed,
+            Self::SoldOut { .. } => ProblemCode::SoldOut,
+            Self::LimitExceeded { .. } => ProblemCode::LimitExceeded,
+            Self::RateLimited { .. } => ProblemCode::RateLimited,
+            Self::HoldState(HoldState::Expired) => ProblemCode::HoldExpired,
+            Self::HoldState(HoldState::Released) => ProblemCode::HoldReleased,
+            Self::HoldState(HoldState::Confirmed) => ProblemCode::HoldConfirmed,
+            Self::HoldState(HoldState::Lost) => ProblemCode::HoldLost,
+            Self::HoldState(HoldState::Held) => ProblemCode::HoldHeld,
+            Self::ExtensionLimit => ProblemCode::ExtensionLimit,
+            Self::Conflict(_) => ProblemCode::Conflict,
+            Self::Unavailable { .. } => ProblemCode::Unavailable,
+            Self::Internal => ProblemCode::Internal,
         }
     }
 
@@ -154,32 +155,41 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
+impl ApiError {
+    /// The body of this error's answer.
+    pub fn problem(&self) -> Problem {
         let code = self.code();
-        let mut body = json!({
-            "type": format!("/problems/{code}"),
-            "title": self.title(),
-            "status": status.as_u16(),
-            "detail": self.detail(),
-            "code": code,
-        });
-        match &self {
-            Self::Validation(errors) => body["errors"] = json!(errors),
-            Self::LimitExceeded { limit, already } => {
-                body["per_customer_limit"] = json!(limit);
-                body["already_taken"] = json!(already);
+        let mut problem = Problem {
+            kind: format!("/problems/{}", code.as_str()),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            code,
+            errors: None,
+            state: None,
+            per_customer_limit: None,
+            already_taken: None,
+        };
+        match self {
+            Self::Validation(errors) => {
+                problem.errors = Some(errors.iter().map(InvalidField::from).collect());
             }
-            Self::HoldState(state) => body["state"] = json!(state),
+            Self::LimitExceeded { limit, already } => {
+                problem.per_customer_limit = Some(*limit);
+                problem.already_taken = Some(*already);
+            }
+            Self::HoldState(state) => problem.state = Some(*state),
             _ => {}
         }
-        let mut response = (status, axum::Json(body)).into_response();
+        problem
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.problem())).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if self == Self::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -187,6 +197,150 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answer (RFC 9457). `code` is the stable field clients switch
+/// on; the extension fields appear only with the codes named on them.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/sold_out",
+    "title": "Sold out",
+    "status": 409,
+    "detail": "not enough available units",
+    "code": "sold_out"
+}))]
+pub struct Problem {
+    /// `/problems/<code>`.
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/sold_out")]
+    pub kind: String,
+    /// A short, fixed summary of the code.
+    #[schema(value_type = String)]
+    pub title: &'static str,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request. For `validation`, every bad field
+    /// as `field: message`, joined with `; `.
+    pub detail: String,
+    pub code: ProblemCode,
+    /// `validation` only: each field that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub errors: Option<Vec<InvalidField>>,
+    /// `hold_*` codes only: the hold's current state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub state: Option<HoldState>,
+    /// `limit_exceeded` only: the SKU's per-customer limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0)]
+    pub per_customer_limit: Option<i64>,
+    /// `limit_exceeded` only: units this customer already holds or bought.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0)]
+    pub already_taken: Option<i64>,
+}
+
+/// One field of a request that failed validation, named as the client sent
+/// it (`sku`, `hold_id`, `Idempotency-Key`, a body field, `body`, `query`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvalidField {
+    #[schema(value_type = String, example = "quantity")]
+    pub field: &'static str,
+    #[schema(example = "must be an integer from 1 to 1000")]
+    pub message: String,
+}
+
+impl From<&FieldError> for InvalidField {
+    fn from(error: &FieldError) -> Self {
+        Self {
+            field: error.field,
+            message: error.message.clone(),
+        }
+    }
+}
+
+/// The stable code of a problem, the field clients switch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    Unauthorized,
+    Forbidden,
+    Validation,
+    Malformed,
+    PayloadTooLarge,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    NotFound,
+    MethodNotAllowed,
+    SoldOut,
+    LimitExceeded,
+    RateLimited,
+    HoldExpired,
+    HoldReleased,
+    HoldConfirmed,
+    HoldLost,
+    HoldHeld,
+    ExtensionLimit,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+impl ProblemCode {
+    pub const ALL: [Self; 21] = [
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::Validation,
+        Self::Malformed,
+        Self::PayloadTooLarge,
+        Self::IdempotencyKeyMissing,
+        Self::IdempotencyKeyReused,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::SoldOut,
+        Self::LimitExceeded,
+        Self::RateLimited,
+        Self::HoldExpired,
+        Self::HoldReleased,
+        Self::HoldConfirmed,
+        Self::HoldLost,
+        Self::HoldHeld,
+        Self::ExtensionLimit,
+        Self::Conflict,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Validation => "validation",
+            Self::Malformed => "malformed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::SoldOut => "sold_out",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::RateLimited => "rate_limited",
+            Self::HoldExpired => "hold_expired",
+            Self::HoldReleased => "hold_released",
+            Self::HoldConfirmed => "hold_confirmed",
+            Self::HoldLost => "hold_lost",
+            Self::HoldHeld => "hold_held",
+            Self::ExtensionLimit => "extension_limit",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
     }
 }
 
@@ -213,4 +367,51 @@ impl From<AppError> for ApiError {
 /// Milliseconds to whole seconds for Retry-After, rounded up, at least 1.
 pub fn ceil_seconds(ms: i64) -> u64 {
     u64::try_from((ms + 999) / 1000).unwrap_or(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_names() {
+        for code in ProblemCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::from(code.as_str()))
+            );
+        }
+    }
+
+    #[test]
+    fn problems_carry_only_their_extensions() {
+        let fields = |error: ApiError| {
+            let value = serde_json::to_value(error.problem()).unwrap_or_default();
+            let mut keys: Vec<String> = value
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            keys.sort();
+            keys.join(",")
+        };
+        assert_eq!(
+            fields(ApiError::NotFound("sku")),
+            "code,detail,status,title,type"
+        );
+        assert_eq!(
+            fields(ApiError::validation(FieldError::new("quantity", "bad"))),
+            "code,detail,errors,status,title,type"
+        );
+        assert_eq!(
+            fields(ApiError::LimitExceeded {
+                limit: 2,
+                already: 2
+            }),
+            "already_taken,code,detail,per_customer_limit,status,title,type"
+        );
+        assert_eq!(
+            fields(ApiError::HoldState(HoldState::Expired)),
+            "code,detail,state,status,title,type"
+        );
+    }
 }

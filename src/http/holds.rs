@@ -1,5 +1,6 @@
 //! Storefront endpoints for holds.
 
+use super::error::Problem;
 use super::extract::{validated, HoldPath, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::time::Instant;
+use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -22,8 +24,66 @@ pub fn router() -> Router<AppState> {
         .route("/v1/holds/{hold_id}/extend", post(extend))
 }
 
-/// `POST /v1/skus/{sku}/holds`
-async fn admit(
+/// The body of `POST /v1/skus/{sku}/holds`. For the OpenAPI document
+/// only: the handler reads the JSON itself, so one 422 names every bad field.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct AdmitRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+        example = "c-42"
+    )]
+    customer_id: String,
+    /// Units to hold. More than the customer may still take under the SKU's
+    /// `per_customer_limit` is `409 limit_exceeded`, not a validation error.
+    #[schema(minimum = 1, maximum = 1000, example = 1)]
+    quantity: i64,
+}
+
+/// Admit a pre-reservation.
+///
+/// Replaying an `Idempotency-Key` (scoped per SKU) with the same body
+/// returns the first answer, errors included, with `Idempotent-Replayed:
+/// true`, for at least 24 h.
+#[utoipa::path(
+    post,
+    path = "/v1/skus/{sku}/holds",
+    operation_id = "admit_hold",
+    tag = "holds",
+    security(("storefront" = []), ("admin" = [])),
+    params(
+        ("sku" = String, Path, description = "SKU id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1"),
+        ("Idempotency-Key" = String, Header, description = "The client's name for this admission attempt: 1..255 visible ASCII characters", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", example = "order-7f3a-1"),
+    ),
+    request_body(content = AdmitRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Held", body = Hold,
+            headers(
+                ("Location" = String, description = "`/v1/holds/{hold_id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with this key"),
+            ),
+            links(
+                ("GetHold" = (operation_id = "get_hold", parameters(("hold_id" = "$response.body#/hold_id")))),
+                ("ConfirmHold" = (operation_id = "confirm_hold", parameters(("hold_id" = "$response.body#/hold_id")))),
+                ("ReleaseHold" = (operation_id = "release_hold", parameters(("hold_id" = "$response.body#/hold_id")))),
+                ("ExtendHold" = (operation_id = "extend_hold", parameters(("hold_id" = "$response.body#/hold_id")))),
+            )),
+        (status = 400, description = "`malformed` (not a JSON object, or not `application/json`) or `idempotency_key_missing`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sold_out` (with `Retry-After` while live holds may still free units) or `limit_exceeded` (with `per_customer_limit` and `already_taken`)", body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "`sold_out` only, and only while live holds may still expire or be released: seconds, rounded up"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with this key"),
+            )),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation` (`errors` names each bad field, `Idempotency-Key` included) or `idempotency_key_reused` (this key was first used with another body)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many admissions for this customer, or for all", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+pub(super) async fn admit(
     State(state): State<AppState>,
     _: Storefront,
     SkuPath(sku): SkuPath,
@@ -107,6 +167,15 @@ async fn admit(
     Ok(response)
 }
 
+/// The `{hold_id}` path parameter, as documented.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct HoldParam {
+    /// The hold's id, as `POST /v1/skus/{sku}/holds` answered it.
+    hold_id: uuid::Uuid,
+}
+
 fn outcome_label(admission: &Admission) -> &'static str {
     match admission {
         Admission::Held { .. } => "held",
@@ -137,8 +206,21 @@ fn answer(outcome: HoldOutcome) -> Result<Json<Hold>, ApiError> {
     }
 }
 
-/// `GET /v1/holds/{hold_id}`
-async fn show(
+/// Read a hold.
+#[utoipa::path(
+    get,
+    path = "/v1/holds/{hold_id}",
+    operation_id = "get_hold",
+    tag = "holds",
+    security(("storefront" = []), ("admin" = [])),
+    params(HoldParam),
+    responses(
+        (status = 200, description = "The hold", body = Hold),
+        (status = 404, description = "`not_found`: no such hold", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `hold_id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     _: Storefront,
     HoldPath(id): HoldPath,
@@ -146,8 +228,22 @@ async fn show(
     answer(state.app.hold(id).await?)
 }
 
-/// `POST /v1/holds/{hold_id}/confirm`
-async fn confirm(
+/// Confirm a hold: 200 only once Postgres has it (`durable: true`). Confirming a confirmed hold again is 200.
+#[utoipa::path(
+    post,
+    path = "/v1/holds/{hold_id}/confirm",
+    operation_id = "confirm_hold",
+    tag = "holds",
+    security(("storefront" = []), ("admin" = [])),
+    params(HoldParam),
+    responses(
+        (status = 200, description = "The hold", body = Hold),
+        (status = 404, description = "`not_found`: no such hold", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`hold_expired`, `hold_released` or `hold_lost` (with the hold's `state`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `hold_id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn confirm(
     State(state): State<AppState>,
     _: Storefront,
     HoldPath(id): HoldPath,
@@ -155,8 +251,22 @@ async fn confirm(
     answer(state.app.confirm(id).await?)
 }
 
-/// `POST /v1/holds/{hold_id}/release`
-async fn release(
+/// Release a hold: its units return to `available` at once. Releasing twice is 200.
+#[utoipa::path(
+    post,
+    path = "/v1/holds/{hold_id}/release",
+    operation_id = "release_hold",
+    tag = "holds",
+    security(("storefront" = []), ("admin" = [])),
+    params(HoldParam),
+    responses(
+        (status = 200, description = "The hold", body = Hold),
+        (status = 404, description = "`not_found`: no such hold", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`hold_confirmed`, `hold_expired` or `hold_lost` (with the hold's `state`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `hold_id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn release(
     State(state): State<AppState>,
     _: Storefront,
     HoldPath(id): HoldPath,
@@ -164,8 +274,22 @@ async fn release(
     answer(state.app.release(id).await?)
 }
 
-/// `POST /v1/holds/{hold_id}/extend`
-async fn extend(
+/// Extend a `held` hold: `expires_at` moves to now + the SKU's `hold_ttl_ms`, at most `max_extensions` times.
+#[utoipa::path(
+    post,
+    path = "/v1/holds/{hold_id}/extend",
+    operation_id = "extend_hold",
+    tag = "holds",
+    security(("storefront" = []), ("admin" = [])),
+    params(HoldParam),
+    responses(
+        (status = 200, description = "The hold", body = Hold),
+        (status = 404, description = "`not_found`: no such hold", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`extension_limit`, or the hold is not `held`: `hold_confirmed`, `hold_released`, `hold_expired`, `hold_lost` (with the hold's `state`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `hold_id` is not a UUID", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn extend(
     State(state): State<AppState>,
     _: Storefront,
     HoldPath(id): HoldPath,

@@ -1,5 +1,6 @@
 //! The HTTP API of shared/API.md: one module per resource, one error type.
 
+mod dashboard;
 mod error;
 mod extract;
 mod holds;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(holds::router())
         .merge(skus::router())
         .merge(ops::router())
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(time_and_bound))

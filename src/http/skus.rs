@@ -1,6 +1,7 @@
 //! SKU endpoints: read (storefront), create, update and adjust (admin).
 
 use super::extract::{validated, Admin, JsonObject, SkuPath, Storefront};
+use super::error::Problem;
 use super::{ApiError, AppState};
 use crate::app::SkuOutcome;
 use crate::domain::{FieldError, Sku, SkuId, SkuSettings};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -21,8 +23,21 @@ pub fn router() -> Router<AppState> {
 const MAX_PAGE: i64 = 500;
 const MAX_REASON_CHARS: usize = 500;
 
-/// `GET /v1/skus/{sku}`
-async fn show(
+/// Read a SKU's figures, from the gate.
+#[utoipa::path(
+    get,
+    path = "/v1/skus/{sku}",
+    operation_id = "get_sku",
+    tag = "skus",
+    security(("storefront" = []), ("admin" = [])),
+    params(SkuParam),
+    responses(
+        (status = 200, description = "The SKU", body = Sku),
+        (status = 404, description = "`not_found`: no such SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: the SKU id is not 1..64 characters of `[A-Za-z0-9._-]`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     _: Storefront,
     SkuPath(sku): SkuPath,
@@ -35,8 +50,26 @@ async fn show(
         .ok_or(ApiError::NotFound("sku"))
 }
 
-/// `PUT /v1/skus/{sku}`
-async fn put(
+/// Create or update a SKU. A change of `on_hand` is recorded as an
+/// adjustment movement.
+#[utoipa::path(
+    put,
+    path = "/v1/skus/{sku}",
+    operation_id = "put_sku",
+    tag = "skus",
+    security(("admin" = [])),
+    params(SkuParam),
+    request_body(content = PutSkuRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated", body = Sku),
+        (status = 201, description = "Created", body = Sku),
+        (status = 400, description = "`malformed`: the body is not a JSON object, or not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: `on_hand` would be below `held + sold`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `errors` names each bad field", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn put(
     State(state): State<AppState>,
     _: Admin,
     SkuPath(sku): SkuPath,
@@ -58,8 +91,25 @@ async fn put(
     answer(state.app.put_sku(&sku, settings).await?)
 }
 
-/// `POST /v1/skus/{sku}/adjustments`
-async fn adjust(
+/// Adjust a SKU's `on_hand` by `delta`, recorded with its reason.
+#[utoipa::path(
+    post,
+    path = "/v1/skus/{sku}/adjustments",
+    operation_id = "adjust_sku",
+    tag = "skus",
+    security(("admin" = [])),
+    params(SkuParam),
+    request_body(content = AdjustmentRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Adjusted: the SKU", body = Sku),
+        (status = 400, description = "`malformed`: the body is not a JSON object, or not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: `on_hand` would be below `held + sold`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `errors` names each bad field", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn adjust(
     State(state): State<AppState>,
     _: Admin,
     SkuPath(sku): SkuPath,
@@ -105,16 +155,85 @@ struct Page {
     after: Option<String>,
 }
 
-#[derive(Serialize)]
-struct SkuPage {
+/// A page of `GET /v1/skus`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SkuPage {
     skus: Vec<Sku>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     next_after: Option<SkuId>,
 }
 
-/// `GET /v1/skus?limit=&after=`
-async fn list(
+/// The query of `GET /v1/skus`, as documented (the handler parses it
+/// itself, to answer 422 naming the bad parameter).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct PageParams {
+    /// SKUs per page.
+    #[param(minimum = 1, maximum = 500, default = 100)]
+    limit: Option<i64>,
+    /// Start after this SKU id: the previous page's `next_after`.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    after: Option<String>,
+}
+
+/// The `{sku}` path parameter, as documented.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct SkuParam {
+    /// SKU id.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
+    sku: String,
+}
+
+/// The body of `PUT /v1/skus/{sku}`. For the OpenAPI document only: the
+/// handler reads the JSON itself, so one 422 names every bad field.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct PutSkuRequest {
+    #[schema(minimum = 0, maximum = 1_000_000_000, example = 100)]
+    on_hand: i64,
+    /// Units one customer may hold + buy; 0 (the default) = no limit.
+    #[schema(minimum = 0, maximum = 1_000_000_000, default = 0, example = 2)]
+    per_customer_limit: Option<i64>,
+    /// How long a hold lives before it expires.
+    #[schema(minimum = 1000, maximum = 86_400_000, default = 600_000, example = 600_000)]
+    hold_ttl_ms: Option<i64>,
+    /// How many times one hold may be extended.
+    #[schema(minimum = 0, maximum = 10, default = 1, example = 1)]
+    max_extensions: Option<i64>,
+}
+
+/// The body of `POST /v1/skus/{sku}/adjustments`. For the OpenAPI document
+/// only, like `PutSkuRequest`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct AdjustmentRequest {
+    /// Added to `on_hand` (negative to remove units).
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000, example = -3)]
+    delta: i64,
+    /// Why: 1..500 characters, not only white space.
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S", example = "damaged in warehouse")]
+    reason: String,
+}
+
+/// List SKUs in id order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/skus",
+    operation_id = "list_skus",
+    tag = "skus",
+    security(("admin" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of SKUs", body = SkuPage),
+        (status = 422, description = "`validation`: `limit` or `after` is out of range", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     _: Admin,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,

@@ -3,9 +3,11 @@
 //! schema's constraints make `held + sold > on_hand` impossible.
 
 mod apply;
+mod direct;
 mod gate_source;
 
 pub use apply::{ApplyReport, LostHold};
+pub use direct::DirectTransition;
 
 use crate::domain::{HoldId, HoldState, Position, SkuId, SkuSettings};
 use sqlx::migrate::MigrateDatabase;
@@ -85,6 +87,9 @@ pub struct LedgerSku {
     pub on_hand: i64,
     pub held: i64,
     pub sold: i64,
+    pub per_customer_limit: i64,
+    pub hold_ttl_ms: i64,
+    pub max_extensions: i64,
     pub applied: Position,
 }
 
@@ -148,7 +153,7 @@ impl Ledger {
 
     pub async fn sku(&self, sku: &SkuId) -> Result<Option<LedgerSku>, LedgerError> {
         let row = sqlx::query(
-            "SELECT sku, sku_no, on_hand, held, sold, epoch, applied_seq FROM skus WHERE sku = $1",
+            "SELECT sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, max_extensions, epoch, applied_seq FROM skus WHERE sku = $1",
         )
         .bind(sku.as_str())
         .fetch_optional(&self.pool)
@@ -163,7 +168,7 @@ impl Ledger {
         limit: i64,
     ) -> Result<Vec<LedgerSku>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT sku, sku_no, on_hand, held, sold, epoch, applied_seq FROM skus
+            "SELECT sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, max_extensions, epoch, applied_seq FROM skus
              WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2",
         )
         .bind(after.map(SkuId::as_str))
@@ -244,6 +249,9 @@ fn ledger_sku(row: &sqlx::postgres::PgRow) -> Result<LedgerSku, LedgerError> {
         on_hand: row.try_get("on_hand")?,
         held: row.try_get("held")?,
         sold: row.try_get("sold")?,
+        per_customer_limit: i64::from(row.try_get::<i32, _>("per_customer_limit")?),
+        hold_ttl_ms: row.try_get("hold_ttl_ms")?,
+        max_extensions: i64::from(row.try_get::<i32, _>("max_extensions")?),
         applied: Position {
             epoch: row.try_get("epoch")?,
             seq: row.try_get("applied_seq")?,

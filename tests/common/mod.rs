@@ -45,6 +45,8 @@ pub fn test_config() -> ServeConfig {
         storefront_tokens: vec![STOREFRONT.to_owned(), "second-storefront-token".to_owned()],
         customer_rps: 0,
         global_rps: 0,
+        admission: dropgate::config::AdmissionMode::Redis,
+        redis_down: dropgate::config::RedisDown::Reject,
         redis_wait_replicas: 0,
         redis_wait_timeout_ms: 100,
         no_worker: false,

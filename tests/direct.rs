@@ -1,0 +1,176 @@
+//! Postgres-direct admission: the benchmark peer (`DROPGATE_ADMISSION=
+//! postgres`) and the fallback while Redis is away (`DROPGATE_REDIS_DOWN=
+//! fallback`). Same API, same guarantees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::process::RedisServer;
+use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
+use dropgate::config::{AdmissionMode, RedisDown};
+use futures::future::join_all;
+use serde_json::json;
+use std::time::Duration;
+
+async fn admit_all(app: &TestApp, sku: &str, prefix: &str, n: usize) -> Vec<u16> {
+    join_all((0..n).map(|i| async move {
+        app.admit(sku, &format!("{prefix}{i}"), &format!("{prefix}{i}"), 1)
+            .await
+            .status()
+            .as_u16()
+    }))
+    .await
+}
+
+fn held(statuses: &[u16]) -> usize {
+    statuses.iter().filter(|s| **s == 201).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_admission_keeps_every_guarantee() {
+    let mut config = test_config();
+    config.admission = AdmissionMode::Postgres;
+    let app = spawn_app_with(config).await;
+    app.create_sku(
+        "drop",
+        json!({"on_hand": 50, "per_customer_limit": 2, "hold_ttl_ms": 1000}),
+    )
+    .await;
+
+    let statuses = admit_all(&app, "drop", "c", 500).await;
+    assert_eq!(held(&statuses), 50);
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 450);
+    let sku = app.sku("drop").await;
+    assert_eq!(
+        (sku["held"].as_i64(), sku["available"].as_i64()),
+        (Some(50), Some(0))
+    );
+    assert_eq!(app.ledger_counts("drop").await, (50, 50, 0));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_admission_replays_limits_confirms_and_expires() {
+    let mut config = test_config();
+    config.admission = AdmissionMode::Postgres;
+    let app = spawn_app_with(config).await;
+    app.create_sku(
+        "drop",
+        json!({"on_hand": 10, "per_customer_limit": 2, "hold_ttl_ms": 1000}),
+    )
+    .await;
+
+    let one_key = join_all((0..20).map(|_| async {
+        let response = app.admit("drop", "same", "c-1", 1).await;
+        (
+            response.status().as_u16(),
+            body(response).await["hold_id"].clone(),
+        )
+    }))
+    .await;
+    assert!(
+        one_key
+            .iter()
+            .all(|(s, id)| *s == 201 && *id == one_key[0].1),
+        "{one_key:?}"
+    );
+    assert_problem(
+        app.admit("drop", "same", "c-1", 2).await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    let greedy = join_all((0..10).map(|i| {
+        let app = &app;
+        async move {
+            app.admit("drop", &format!("g{i}"), "greedy", 1)
+                .await
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert_eq!(
+        held(&greedy),
+        2,
+        "the per-customer limit holds under concurrency"
+    );
+
+    let hold = one_key[0].1.as_str().unwrap().to_owned();
+    let confirmed = body(app.hold_action(&hold, "confirm").await).await;
+    assert_eq!(
+        (confirmed["state"].as_str(), confirmed["durable"].as_bool()),
+        (Some("confirmed"), Some(true))
+    );
+    assert_problem(
+        app.hold_action(&hold, "release").await,
+        409,
+        "hold_confirmed",
+    )
+    .await;
+    assert_eq!(app.ledger_counts("drop").await, (10, 2, 1));
+
+    // The Postgres-direct reaper returns the greedy customer's units.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(app.ledger_counts("drop").await, (10, 0, 1));
+    assert_eq!(app.sku("drop").await["available"], 9);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admission_falls_back_to_postgres_while_redis_is_away_and_never_oversells() {
+    let mut redis = RedisServer::start();
+    let mut config = test_config();
+    config.stores.redis_url = redis.url();
+    config.stores.store_timeout_ms = 500;
+    config.redis_down = RedisDown::Fallback;
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 60})).await;
+    assert_eq!(held(&admit_all(&app, "drop", "a", 20).await), 20);
+    app.wait_for_ledger("drop").await;
+
+    redis.kill();
+    let during = admit_all(&app, "drop", "b", 20).await;
+    assert_eq!(
+        held(&during),
+        20,
+        "Postgres admits while Redis is away: {during:?}"
+    );
+    assert_eq!(app.ledger_counts("drop").await, (60, 40, 0));
+
+    redis.restart();
+    let ready = async {
+        for _ in 0..100 {
+            if app
+                .client
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        ready.await,
+        "the reconciler rebuilt the gate from the ledger"
+    );
+    let after = admit_all(&app, "drop", "c", 40).await;
+    assert_eq!(held(&after), 20, "exactly the units left, none twice");
+    let sku = app.sku("drop").await;
+    assert_eq!(
+        (sku["held"].as_i64(), sku["available"].as_i64()),
+        (Some(60), Some(0))
+    );
+    let report = dropgate::audit::audit(&app.app).await.unwrap();
+    assert!(report.ok(), "{}", report.table());
+    assert_eq!(app.ledger_counts("drop").await, (60, 60, 0));
+    app.stop().await;
+}
