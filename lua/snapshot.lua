@@ -5,17 +5,19 @@
 -- KEYS[2]  event stream  <prefix>:{sku}:events
 --
 -- Reply: {} when the SKU is not in the gate, else
---        {on_hand, held, sold, last_event_id}  (last id "0-0" when none yet)
+--        {on_hand, held, sold, last_event_id, backlog}  (last id "0-0" when
+--        none yet; backlog = entries still in the stream)
 
 local s = redis.call('HMGET', KEYS[1], 'on_hand', 'held', 'sold')
 if not s[1] then
   return {}
 end
-local last = '0-0'
+local last, backlog = '0-0', 0
 if redis.call('EXISTS', KEYS[2]) == 1 then
+  backlog = redis.call('XLEN', KEYS[2])
   local info = redis.call('XINFO', 'STREAM', KEYS[2])
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then last = info[i + 1] end
   end
 end
-return {tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), last}
+return {tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), last, backlog}

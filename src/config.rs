@@ -34,6 +34,58 @@ pub enum Command {
     Reconcile(StoreConfig),
     /// Check every invariant across Redis and Postgres; exit 1 on a breach.
     Audit(AuditConfig),
+    /// Inspect and change SKUs, straight through the stores.
+    Skus(SkusConfig),
+    /// Inspect holds, straight through the stores.
+    Holds(HoldsConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SkusConfig {
+    #[command(flatten)]
+    pub stores: StoreConfig,
+    #[command(subcommand)]
+    pub command: SkusCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SkusCommand {
+    /// List every SKU with its figures, as JSON lines.
+    List,
+    /// Create a SKU or replace its stock and settings (like PUT /v1/skus/{sku}).
+    Put {
+        /// SKU id, 1..64 characters of [A-Za-z0-9._-].
+        sku: String,
+        /// Units on hand.
+        #[arg(long)]
+        on_hand: i64,
+        /// Units one customer may hold or buy; 0 = no limit.
+        #[arg(long)]
+        per_customer_limit: Option<i64>,
+        /// How long a hold lives, 1000..86400000 ms (default 600000).
+        #[arg(long)]
+        hold_ttl_ms: Option<i64>,
+        /// How often a hold may be extended, 0..10 (default 1).
+        #[arg(long)]
+        max_extensions: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HoldsConfig {
+    #[command(flatten)]
+    pub stores: StoreConfig,
+    #[command(subcommand)]
+    pub command: HoldsCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum HoldsCommand {
+    /// Show one hold as the API would, as JSON.
+    Show {
+        /// The hold id (a UUID).
+        hold_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -142,6 +194,12 @@ pub struct ServeConfig {
     #[arg(long, env = "DROPGATE_REDIS_WAIT_TIMEOUT_MS", value_name = "DROPGATE_REDIS_WAIT_TIMEOUT_MS",
           default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
     pub redis_wait_timeout_ms: u64,
+
+    /// On SIGTERM, keep serving this long with /readyz at 503 before the
+    /// listener closes, so a load balancer stops sending first (ms).
+    #[arg(long, env = "DROPGATE_SHUTDOWN_DELAY_MS", value_name = "DROPGATE_SHUTDOWN_DELAY_MS",
+          default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub shutdown_delay_ms: u64,
 
     /// Do not run the commit worker in this process.
     #[arg(long)]

@@ -24,6 +24,7 @@ pub mod gate;
 pub mod http;
 pub mod ledger;
 pub mod limits;
+pub mod operator;
 pub mod reaper;
 pub mod rebuild;
 pub mod reconciler;

@@ -28,6 +28,14 @@ async fn main() -> ExitCode {
             dropgate::telemetry::init_logs(false);
             dropgate::startup::run_reconciler(stores, shutdown_signal()).await
         }
+        Command::Skus(config) => {
+            dropgate::telemetry::init_logs_with("warn", false);
+            dropgate::operator::skus(config).await
+        }
+        Command::Holds(config) => {
+            dropgate::telemetry::init_logs_with("warn", false);
+            dropgate::operator::holds(config).await
+        }
         Command::Audit(config) => {
             dropgate::telemetry::init_logs_with("warn", false);
             return audit(config).await;

@@ -14,6 +14,9 @@ use tokio::sync::watch;
 /// A ledger hold this far past its expiry should have been settled.
 const ORPHAN_GRACE_MS: i64 = 5_000;
 
+/// How often the holds-by-state gauge is refreshed.
+const HOLD_COUNT_INTERVAL: Duration = Duration::from_secs(15);
+
 /// How often every SKU is compared.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -36,11 +39,16 @@ pub struct ReconcileReport {
 
 pub struct Reconciler {
     app: Dropgate,
+    /// Counting holds by state scans the table: done now and then only.
+    holds_counted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reconciler {
     pub fn new(app: Dropgate) -> Self {
-        Self { app }
+        Self {
+            app,
+            holds_counted_at: std::sync::Mutex::new(None),
+        }
     }
 
     /// One pass over every SKU.
@@ -56,6 +64,20 @@ impl Reconciler {
         }
         crate::rebuild::ensure_gate(&self.app).await?;
         let mut report = ReconcileReport::default();
+        let counted_recently = self
+            .holds_counted_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < HOLD_COUNT_INTERVAL);
+        if !counted_recently {
+            for (state, holds) in self.app.ledger.holds_by_state().await? {
+                metrics::gauge!("dropgate_holds", "state" => state).set(holds as f64);
+            }
+            if let Ok(mut at) = self.holds_counted_at.lock() {
+                *at = Some(std::time::Instant::now());
+            }
+        }
         for sku in self.app.ledger.all_skus().await? {
             if let Some(drift) = self.check(&sku.sku).await? {
                 report.drift.push(drift);
@@ -120,6 +142,8 @@ impl Reconciler {
             repaired: false,
         };
         let label = sku.to_string();
+        metrics::gauge!("dropgate_stream_backlog_events", "sku" => label.clone())
+            .set(snapshot.backlog as f64);
         metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "on_hand")
             .set(drift.on_hand as f64);
         metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "held")

@@ -39,6 +39,7 @@ impl Application {
             // reconciler builds the gate once Redis is back.
             tracing::warn!(%error, "gate not built at start-up");
         }
+        metrics::gauge!("dropgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let state = AppState {
             app,
             tokens: Arc::new(Tokens {
@@ -47,6 +48,7 @@ impl Application {
             }),
             limits: Arc::new(RateLimits::new(config.customer_rps, config.global_rps)),
             metrics: crate::telemetry::metrics(),
+            draining: Arc::default(),
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -97,11 +99,22 @@ impl Application {
             stop_rx.clone(),
         )));
 
+        let draining = self.state.draining.clone();
         let router = http::router(self.state);
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let delay = Duration::from_millis(self.config.shutdown_delay_ms);
         let graceful = async move {
             shutdown.await;
-            tracing::info!("stopping: draining in-flight requests");
+            // Not ready any more, but still serving, so a load balancer can
+            // stop sending before the listener closes: connections that
+            // arrive after it closes would be refused or reset.
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "stopping: not ready, still serving"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("stopping: no new connections; draining in-flight requests");
             let _ = drained_tx.send(());
         };
         let server = axum::serve(self.listener, router).with_graceful_shutdown(graceful);

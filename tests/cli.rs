@@ -135,3 +135,83 @@ async fn audit_passes_on_a_healthy_drop_and_fails_on_a_breach() {
     );
     app.stop().await;
 }
+
+fn store_env(app: &TestApp) -> [(&'static str, String); 3] {
+    [
+        ("DATABASE_URL", format!("{PG_BASE}/{}", app.database)),
+        ("REDIS_URL", app.redis_url.clone()),
+        ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
+    ]
+}
+
+fn run(app: &TestApp, args: &[&str]) -> Output {
+    let env = store_env(app);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    dropgate(args, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_skus_and_read_holds_from_the_command_line() {
+    let app = spawn_app_with(test_config()).await;
+    let put = run(
+        &app,
+        &[
+            "skus",
+            "put",
+            "drop-9",
+            "--on-hand",
+            "7",
+            "--per-customer-limit",
+            "1",
+        ],
+    );
+    assert!(put.status.success(), "{}", stderr(&put));
+    let sku: Value = serde_json::from_slice(&put.stdout).unwrap();
+    assert_eq!(
+        (sku["on_hand"].as_i64(), sku["per_customer_limit"].as_i64()),
+        (Some(7), Some(1))
+    );
+    assert_eq!(
+        app.sku("drop-9").await["available"],
+        7,
+        "the server sees what the CLI did"
+    );
+
+    let hold = common::body(app.admit("drop-9", "k", "c", 1).await).await;
+    let id = hold["hold_id"].as_str().unwrap();
+    let shown = run(&app, &["holds", "show", id]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (shown["hold_id"].as_str(), shown["state"].as_str()),
+        (Some(id), Some("held"))
+    );
+
+    let list = run(&app, &["skus", "list"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (lines[0]["sku"].as_str(), lines[0]["held"].as_i64()),
+        (Some("drop-9"), Some(1))
+    );
+
+    let refused = run(&app, &["skus", "put", "drop-9", "--on-hand", "0"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("below held 1"),
+        "{}",
+        stderr(&refused)
+    );
+    for help in [
+        &["skus", "--help"][..],
+        &["skus", "put", "--help"],
+        &["holds", "show", "--help"],
+    ] {
+        let output = dropgate(help, &[]);
+        assert!(output.status.success() && !output.stdout.is_empty());
+    }
+    app.stop().await;
+}

@@ -33,6 +33,7 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         admission: crate::config::AdmissionMode::Redis,
         redis_down: crate::config::RedisDown::Reject,
         redis_wait_replicas: 0,
+        shutdown_delay_ms: 0,
         redis_wait_timeout_ms: 100,
         no_worker: false,
         no_reaper: false,

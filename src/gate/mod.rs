@@ -198,6 +198,7 @@ impl Gate {
         now_ms: i64,
     ) -> Result<Admission, GateError> {
         let k = &self.keys;
+        let started = std::time::Instant::now();
         let reply: Vec<redis::Value> = SCRIPTS
             .admit
             .key(k.stock(sku))
@@ -217,6 +218,7 @@ impl Gate {
             .arg(MAX_EVENT_BACKLOG)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        record_script("admit", started);
         let reply = Reply(reply);
         Ok(match reply.outcome()?.as_str() {
             "held" => Admission::Held {
@@ -237,23 +239,27 @@ impl Gate {
     }
 
     pub async fn confirm(&self, sku: &SkuId, hold_id: HoldId) -> Result<Transition, GateError> {
-        self.transition(&SCRIPTS.confirm, sku, hold_id).await
+        self.transition(("confirm", &SCRIPTS.confirm), sku, hold_id)
+            .await
     }
 
     pub async fn release(&self, sku: &SkuId, hold_id: HoldId) -> Result<Transition, GateError> {
-        self.transition(&SCRIPTS.release, sku, hold_id).await
+        self.transition(("release", &SCRIPTS.release), sku, hold_id)
+            .await
     }
 
     pub async fn extend(&self, sku: &SkuId, hold_id: HoldId) -> Result<Transition, GateError> {
-        self.transition(&SCRIPTS.extend, sku, hold_id).await
+        self.transition(("extend", &SCRIPTS.extend), sku, hold_id)
+            .await
     }
 
     async fn transition(
         &self,
-        script: &redis::Script,
+        (name, script): (&'static str, &redis::Script),
         sku: &SkuId,
         hold_id: HoldId,
     ) -> Result<Transition, GateError> {
+        let started = std::time::Instant::now();
         let reply: Vec<redis::Value> = script
             .key(self.keys.hold(sku, hold_id))
             .arg(self.keys.base(sku))
@@ -262,6 +268,7 @@ impl Gate {
             .arg(crate::domain::now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
+        record_script(name, started);
         let reply = Reply(reply);
         let outcome = reply.outcome()?;
         if outcome == "no_hold" {
@@ -483,6 +490,12 @@ impl Gate {
     }
 }
 
+/// Time a script took, round trip included.
+fn record_script(script: &'static str, started: std::time::Instant) {
+    metrics::histogram!("dropgate_redis_script_duration_seconds", "script" => script)
+        .record(started.elapsed().as_secs_f64());
+}
+
 fn sold_out(retry_after_ms: i64) -> Admission {
     Admission::SoldOut {
         retry_after_ms: (retry_after_ms > 0).then_some(retry_after_ms),
@@ -532,6 +545,8 @@ pub struct Snapshot {
     pub sold: i64,
     /// The last event appended; `None` when the stream has none yet.
     pub last: Option<Position>,
+    /// Entries still in the stream (not yet acknowledged and trimmed).
+    pub backlog: i64,
     /// The raw id, handed back to `repair` as the fence.
     fence: (i64, i64),
 }
@@ -581,6 +596,7 @@ impl Gate {
             held: reply.int(1)?,
             sold: reply.int(2)?,
             last: (last != Position { epoch: 0, seq: 0 }).then_some(last),
+            backlog: reply.int(4)?,
             fence: (last.epoch, last.seq),
         }))
     }

@@ -93,10 +93,11 @@ pub struct Dashboard {
     pub skus: Vec<SkuFigures>,
     /// More SKUs exist than the `MAX_SKUS` listed.
     pub skus_truncated: bool,
-    /// Sum of `backlog` over the listed SKUs.
-    pub backlog_total: u64,
-    /// Largest absolute drift of any counter of any listed SKU.
-    pub max_abs_drift: i64,
+    /// Sum of `backlog` over the listed SKUs; null when Redis is unreachable.
+    pub backlog_total: Option<u64>,
+    /// Largest absolute drift of any counter of any listed SKU; null unless
+    /// both stores answered.
+    pub max_abs_drift: Option<i64>,
     pub admissions_total: BTreeMap<String, u64>,
     pub commit_lag_seconds: Option<f64>,
 }
@@ -216,12 +217,13 @@ pub async fn collect(state: &AppState) -> Dashboard {
         postgres: if postgres_ok { "ok" } else { "unreachable" },
         gate: if gate_built { "built" } else { "not built" },
         skus_truncated,
-        backlog_total: skus.iter().filter_map(|s| s.backlog).sum(),
-        max_abs_drift: skus
-            .iter()
-            .filter_map(|s| s.drift.map(|d| d.max_abs()))
-            .max()
-            .unwrap_or(0),
+        backlog_total: redis_ok.then(|| skus.iter().filter_map(|s| s.backlog).sum()),
+        max_abs_drift: (redis_ok && postgres_ok).then(|| {
+            skus.iter()
+                .filter_map(|s| s.drift.map(|d| d.max_abs()))
+                .max()
+                .unwrap_or(0)
+        }),
         skus,
         admissions_total,
         commit_lag_seconds: metrics.commit_lag_seconds,

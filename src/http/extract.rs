@@ -159,7 +159,7 @@ impl Fields {
 
     pub fn int(&self, name: &'static str, errors: &mut Vec<FieldError>) -> Option<i64> {
         let value = self.get(name)?;
-        let int = value.as_i64();
+        let int = as_integer(value);
         if int.is_none() {
             errors.push(FieldError::new(name, "must be an integer"));
         }
@@ -189,10 +189,41 @@ impl Fields {
     }
 }
 
+/// A JSON number without a fractional part, as JSON Schema's `integer`
+/// counts it: `5`, `5.0` and `5e0` alike (JSON itself does not tell them
+/// apart, and some encoders write every number as a float).
+fn as_integer(value: &Value) -> Option<i64> {
+    // -2^63 is i64::MIN exactly; 2^63 is the first float above i64::MAX.
+    const BOUND: f64 = 9_223_372_036_854_775_808.0;
+    value.as_i64().or_else(|| {
+        let float = value.as_f64()?;
+        (float.fract() == 0.0 && (-BOUND..BOUND).contains(&float)).then_some(float as i64)
+    })
+}
+
 /// Ok with the value when no field failed, else 422 naming them all.
 pub fn validated<T>(value: Option<T>, errors: Vec<FieldError>) -> Result<T, ApiError> {
     match value {
         Some(value) if errors.is_empty() => Ok(value),
         _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integers_may_be_written_as_floats() {
+        assert_eq!(as_integer(&json!(5)), Some(5));
+        assert_eq!(as_integer(&json!(5.0)), Some(5));
+        assert_eq!(as_integer(&json!(-57236.0)), Some(-57236));
+        assert_eq!(as_integer(&json!(1e3)), Some(1000));
+        assert_eq!(as_integer(&json!(5.5)), None);
+        assert_eq!(as_integer(&json!(1e300)), None);
+        assert_eq!(as_integer(&json!(u64::MAX)), None);
+        assert_eq!(as_integer(&json!("5")), None);
+        assert_eq!(as_integer(&json!(true)), None);
     }
 }

@@ -131,6 +131,13 @@ pub(super) async fn admit(
     };
     let outcome = if replayed { "replayed" } else { outcome };
     metrics::counter!("dropgate_admissions_total", "outcome" => outcome).increment(1);
+    let label = if outcome == "not_found" {
+        "other".to_owned()
+    } else {
+        sku_label(&sku)
+    };
+    metrics::counter!("dropgate_admissions_by_sku_total", "sku" => label, "outcome" => outcome)
+        .increment(1);
     metrics::histogram!("dropgate_admission_duration_seconds")
         .record(started.elapsed().as_secs_f64());
 
@@ -174,6 +181,24 @@ pub(super) async fn admit(
 pub(super) struct HoldParam {
     /// The hold's id, as `POST /v1/skus/{sku}/holds` answered it.
     hold_id: uuid::Uuid,
+}
+
+/// SKUs get their own label up to this many; the rest share "other", so a
+/// flood of made-up SKU ids cannot blow up the metrics' cardinality.
+const MAX_SKU_LABELS: usize = 100;
+
+fn sku_label(sku: &crate::domain::SkuId) -> String {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(mut seen) = SEEN.lock() else {
+        return "other".to_owned();
+    };
+    if seen.contains(sku.as_str()) || seen.len() < MAX_SKU_LABELS {
+        seen.insert(sku.as_str().to_owned());
+        sku.as_str().to_owned()
+    } else {
+        "other".to_owned()
+    }
 }
 
 fn outcome_label(admission: &Admission) -> &'static str {

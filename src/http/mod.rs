@@ -4,6 +4,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod holds;
+mod openapi;
 mod ops;
 mod skus;
 
@@ -36,6 +37,9 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub limits: Arc<RateLimits>,
     pub metrics: PrometheusHandle,
+    /// Set on SIGTERM: /readyz turns 503 so load balancers stop sending
+    /// while in-flight and arriving requests are still served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(holds::router())
         .merge(skus::router())
         .merge(ops::router())
+        .merge(openapi::router())
         .merge(dashboard::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

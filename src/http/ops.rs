@@ -7,7 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -16,17 +17,65 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// The body of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Health {
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
 }
 
-/// 200 when Redis and Postgres answer and the gate is built.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+/// Liveness: 200 while the process runs.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process runs", body = Health))
+)]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The body of `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Readiness {
+    /// `ready` or `not ready`.
+    #[schema(value_type = String, example = "ready")]
+    status: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String, example = "ok")]
+    redis: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String, example = "ok")]
+    postgres: &'static str,
+    /// `built`, or `not built` while the gate is rebuilt from the ledger.
+    #[schema(value_type = String, example = "built")]
+    gate: &'static str,
+    /// What is missing; empty when ready.
+    #[schema(value_type = Vec<String>)]
+    missing: Vec<&'static str>,
+}
+
+/// Readiness: 200 when Redis and Postgres answer and the gate is built.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: `missing` says which dependency", body = Readiness),
+    )
+)]
+pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (redis, postgres) = tokio::join!(state.app.gate.epoch(), state.app.ledger.ping());
     let redis_ok = redis.is_ok();
     let gate_built = matches!(redis, Ok(Some(_)));
     let postgres_ok = postgres.is_ok();
     let mut missing = Vec::new();
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        missing.push("dropgate (shutting down)");
+    }
     if !redis_ok {
         missing.push("redis");
     } else if !gate_built {
@@ -40,17 +89,29 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if missing.is_empty() { "ready" } else { "not ready" },
-        "redis": if redis_ok { "ok" } else { "unreachable" },
-        "postgres": if postgres_ok { "ok" } else { "unreachable" },
-        "gate": if gate_built { "built" } else { "not built" },
-        "missing": missing,
-    });
+    let body = Readiness {
+        status: if missing.is_empty() {
+            "ready"
+        } else {
+            "not ready"
+        },
+        redis: if redis_ok { "ok" } else { "unreachable" },
+        postgres: if postgres_ok { "ok" } else { "unreachable" },
+        gate: if gate_built { "built" } else { "not built" },
+        missing,
+    };
     (status, Json(body))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

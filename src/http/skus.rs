@@ -1,7 +1,7 @@
 //! SKU endpoints: read (storefront), create, update and adjust (admin).
 
-use super::extract::{validated, Admin, JsonObject, SkuPath, Storefront};
 use super::error::Problem;
+use super::extract::{validated, Admin, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::SkuOutcome;
 use crate::domain::{FieldError, Sku, SkuId, SkuSettings};
@@ -150,7 +150,7 @@ fn answer(outcome: SkuOutcome) -> Result<Response, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct Page {
+pub(super) struct Page {
     limit: Option<String>,
     after: Option<String>,
 }
@@ -185,7 +185,12 @@ pub(super) struct PageParams {
 #[allow(dead_code)]
 pub(super) struct SkuParam {
     /// SKU id.
-    #[param(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9._-]{1,64}$",
+        example = "drop-1"
+    )]
     sku: String,
 }
 
@@ -200,7 +205,12 @@ pub(super) struct PutSkuRequest {
     #[schema(minimum = 0, maximum = 1_000_000_000, default = 0, example = 2)]
     per_customer_limit: Option<i64>,
     /// How long a hold lives before it expires.
-    #[schema(minimum = 1000, maximum = 86_400_000, default = 600_000, example = 600_000)]
+    #[schema(
+        minimum = 1000,
+        maximum = 86_400_000,
+        default = 600_000,
+        example = 600_000
+    )]
     hold_ttl_ms: Option<i64>,
     /// How many times one hold may be extended.
     #[schema(minimum = 0, maximum = 10, default = 1, example = 1)]
@@ -216,7 +226,12 @@ pub(super) struct AdjustmentRequest {
     #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000, example = -3)]
     delta: i64,
     /// Why: 1..500 characters, not only white space.
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S", example = "damaged in warehouse")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"\S",
+        example = "damaged in warehouse"
+    )]
     reason: String,
 }
 

@@ -178,6 +178,20 @@ impl Ledger {
         rows.iter().map(ledger_sku).collect()
     }
 
+    /// Holds in the ledger per state (every state, zero included).
+    pub async fn holds_by_state(&self) -> Result<Vec<(&'static str, i64)>, LedgerError> {
+        let counts: HashMap<String, i64> =
+            sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM holds GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        Ok(["held", "confirmed", "released", "expired", "lost"]
+            .into_iter()
+            .map(|state| (state, counts.get(state).copied().unwrap_or(0)))
+            .collect())
+    }
+
     /// The applied stream position of each SKU the ledger has.
     pub async fn applied_positions(
         &self,

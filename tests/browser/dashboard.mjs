@@ -80,8 +80,10 @@ try {
     throw new Error("GET / answered " + (response && response.status()));
   }
   const row = `tr[data-sku="${sku}"]`;
+  // The first figures: a slow start of Chromium on a busy machine is not
+  // the page's fault, so this wait is longer than the one for a change.
   await page.waitForSelector(`${row} td[data-field="available"][data-value]:not([data-value=""])`, {
-    timeout: WAIT_MS,
+    timeout: 2 * WAIT_MS,
   });
 
   // Everything the test checks, read from the page as a person would see it

@@ -48,6 +48,7 @@ pub fn test_config() -> ServeConfig {
         admission: dropgate::config::AdmissionMode::Redis,
         redis_down: dropgate::config::RedisDown::Reject,
         redis_wait_replicas: 0,
+        shutdown_delay_ms: 0,
         redis_wait_timeout_ms: 100,
         no_worker: false,
         no_reaper: false,

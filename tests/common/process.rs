@@ -143,6 +143,22 @@ impl Dropgate {
         Self { addr, child }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own; its exit code.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL: no graceful anything.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -24,6 +24,7 @@
   const history = []; // {t: ms, rates: {outcome: per second}}
   let previous = null; // {t, totals}
   let polls = 0;
+  let lastAnswer = null; // when the server last answered, as text
 
   const $ = (id) => document.getElementById(id);
 
@@ -73,24 +74,28 @@
   }
 
   function renderTiles(d) {
-    for (const store of ["redis", "postgres"]) {
+    for (const [store, role] of [["redis", "gate"], ["postgres", "ledger"]]) {
       const ok = d[store] === "ok";
-      setTile(store, d[store], ok ? "ok" : "unreachable", ok ? "ok" : "bad");
+      setTile(store, d[store], ok ? "ok" : "down", ok ? "ok" : "bad",
+        ok ? role : "unreachable");
       document.querySelector('[data-tile="' + store + '"] .tile-value').classList.add("health");
     }
     const built = d.gate === "built";
     setTile("gate", d.gate, d.gate, built ? "ok" : "bad",
-      built ? "built from the ledger" : "rebuilding: admissions wait");
+      built ? "built from the ledger" : d.redis === "ok" ? "rebuilding" : "Redis unreachable");
     const lag = d.commit_lag_seconds;
     setTile("commit_lag", lag, fmtSeconds(lag),
       lag === null ? "wait" : lag < 1 ? "ok" : lag < 5 ? "warn" : "bad",
       lag === null ? "no commit yet" : "age at last commit");
     const backlog = d.backlog_total;
     setTile("backlog", backlog, fmtInt(backlog),
-      backlog < 10000 ? "ok" : backlog < 100000 ? "warn" : "bad");
+      backlog === null ? "wait" : backlog < 10000 ? "ok" : backlog < 100000 ? "warn" : "bad",
+      backlog === null ? "unknown" : "events in the streams");
     const drift = d.max_abs_drift;
-    setTile("drift", drift, fmtInt(drift), drift === 0 ? "ok" : "warn",
-      drift === 0 ? "gate − ledger, units" : "gate − ledger (ledger catching up?)");
+    setTile("drift", drift, fmtInt(drift),
+      drift === null ? "wait" : drift === 0 ? "ok" : "warn",
+      drift === null ? "unknown"
+        : drift === 0 ? "gate − ledger, units" : "gate − ledger: worker behind?");
   }
 
   // ---- SKU rows ------------------------------------------------------------
@@ -121,7 +126,7 @@
       cells[field] = td;
       tr.appendChild(td);
     }
-    return { tr, name, bar, parts, cells };
+    return { tr, bar, parts, cells };
   }
 
   function setCell(td, value, text) {
@@ -132,6 +137,7 @@
   function renderSkus(d) {
     const body = $("sku-rows");
     const seen = new Set();
+    let anyFromLedger = false;
     for (const s of d.skus) {
       seen.add(s.sku);
       let row = rows.get(s.sku);
@@ -153,8 +159,8 @@
           }
         : s;
       row.tr.dataset.source = fromLedger ? "ledger" : s.on_hand === null ? "none" : "gate";
-      row.name.textContent = s.sku;
-      if (fromLedger) row.name.appendChild(el("span", "source", "ledger"));
+      row.tr.classList.toggle("from-ledger", fromLedger);
+      if (fromLedger) anyFromLedger = true;
       for (const field of FIELDS) setCell(row.cells[field], f[field]);
       const total = f.on_hand || 0;
       for (const part of ["sold", "held", "available"]) {
@@ -188,6 +194,7 @@
       }
     }
     $("no-skus").hidden = d.skus.length > 0;
+    $("from-ledger").hidden = !anyFromLedger;
     $("truncated").hidden = !d.skus_truncated;
   }
 
@@ -314,6 +321,7 @@
     // Quiet outcomes first so the busy ones are drawn on top.
     const order = outcomes.slice().sort((a, b) => peakOf(a) - peakOf(b));
     for (const outcome of order) {
+      if (peakOf(outcome) === 0) continue; // the baseline says it already
       ctx.strokeStyle = colorOf(outcome);
       ctx.lineWidth = 2;
       ctx.beginPath();
@@ -324,7 +332,7 @@
         else ctx.lineTo(x, y);
       });
       ctx.stroke();
-      if (history.length === 1) {
+      if (history.length === 1 && history[0].rates[outcome] > 0) {
         ctx.fillStyle = colorOf(outcome);
         ctx.beginPath();
         ctx.arc(xOf(history[0].t), yOf(history[0].rates[outcome] || 0), 2.5, 0, 2 * Math.PI);
@@ -369,12 +377,17 @@
       polls += 1;
       document.body.dataset.polls = String(polls);
       setConnection(true, "live");
+      document.body.dataset.stale = "false";
       const at = new Date(d.generated_at);
-      $("updated").textContent = "updated " + (isNaN(at) ? d.generated_at : at.toLocaleTimeString());
+      lastAnswer = isNaN(at) ? d.generated_at : at.toLocaleTimeString();
+      $("updated").textContent = "updated " + lastAnswer;
     } catch (error) {
       setConnection(false, "dropgate unreachable");
-      $("updated").textContent = "last attempt failed: " + (error && error.name === "AbortError"
-        ? "timed out" : "no answer");
+      document.body.dataset.stale = "true";
+      const why = error && error.name === "AbortError" ? "timed out" : "no answer";
+      $("updated").textContent = lastAnswer
+        ? why + "; last update " + lastAnswer + ", figures below are stale"
+        : why;
     } finally {
       clearTimeout(timer);
       const elapsed = performance.now() - started;
