@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # DG_* variables are read by run.
 # Helpers for loadtest/run. Sourced, not executed. Every function is prefixed
 # dg_; state lives in DG_* variables. Nothing here touches anything outside
 # this run's database, this run's Redis key prefix and this run's processes.

@@ -145,6 +145,32 @@ for name in sorted(metrics):
         continue
     latency[key] = {k: (round(v, 3) if v is not None else None) for k, v in k6trend(name).items()}
 
+
+
+def histogram_quantiles(name, qs=(0.5, 0.95, 0.99)):
+    """Quantiles (ms) of a Prometheus histogram by linear interpolation in
+    its buckets: coarse, but it is the server's own view of the latency."""
+    buckets = sorted((num(dict(labels)["le"], math.inf), v) for (n, labels), v in server.items()
+                     if n == name + "_bucket")
+    if not buckets or not buckets[-1][1]:
+        return None
+    total, out = buckets[-1][1], {}
+    for q in qs:
+        rank, lo_le, lo_n = q * total, 0.0, 0.0
+        for le, n in buckets:
+            if n >= rank:
+                if math.isinf(le):
+                    value = lo_le
+                else:
+                    value = lo_le + (le - lo_le) * ((rank - lo_n) / (n - lo_n) if n > lo_n else 1.0)
+                out[f"p{round(q * 100)}"] = round(value * 1000, 3)
+                break
+            lo_le, lo_n = le, n
+    return out
+
+
+server_admission_ms = histogram_quantiles("dropgate_admission_duration_seconds")
+
 failed_thresholds = []
 for name, m in metrics.items():
     for expr, t in (m.get("thresholds") or {}).items():
@@ -321,6 +347,7 @@ params = {k: os.environ.get(k) for k in ("SKUS", "STOCK", "HOLD_TTL_MS", "PER_CU
 report = {
     "scenario": SCENARIO, "verdict": verdict, "exit_code": code, "params": params,
     "k6_run_s": run_s, "k6_exit": k6_rc, "requests": requests, "latency_ms": latency,
+    "server_admission_latency_ms": server_admission_ms,
     "failed_thresholds": failed_thresholds, "skus": skus, "ledger_holds_by_state": by_state,
     "server_admissions_by_outcome": server_outcomes, "commit_lag": commit_lag, "redis_memory": redis_memory,
     "process": process, "soak": soak, "audit_exit": audit_rc,
@@ -368,6 +395,10 @@ for key in ["admission"] + [k for k in latency if k not in ("admission", "all")]
         t = latency[key]
         lines.append(f"latency {key:<12} p50 {ms(t['p50'])} ms  p95 {ms(t['p95'])} ms  p99 {ms(t['p99'])} ms  "
                      f"max {ms(t['max'])} ms")
+if server_admission_ms:
+    t = server_admission_ms
+    lines.append(f"latency {'in-server':<12} p50 {ms(t.get('p50'))} ms  p95 {ms(t.get('p95'))} ms  p99 {ms(t.get('p99'))} ms"
+                 f"  (admission handler, from dropgate_admission_duration_seconds buckets)")
 lines.append(f"{'SKU':<14}{'on_hand':>9}{'held':>9}{'sold':>9}{'held+sold':>11}{'oversold':>10}"
              f"{'k6 admitted':>13}{'live gate/pg':>14}")
 for s in skus:
