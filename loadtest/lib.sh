@@ -335,6 +335,24 @@ dg_memory_breakdown() {
     echo "$json" >"$DG_OUT/$DG_SCENARIO-memory.json"
 }
 
+# Exact bytes (MEMORY USAGE, summed in batches by a read-only script) and
+# count of every key under this run's prefix: "<bytes> <keys>".
+dg_prefix_bytes() {
+    local script='local s = 0 for _, k in ipairs(KEYS) do s = s + (redis.call("MEMORY", "USAGE", k, "SAMPLES", "0") or 0) end return s'
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    dg_redis --scan --pattern "$DG_PREFIX:*" 2>/dev/null |
+        xargs -d '\n' -r -n 500 sh -c 'script=$1; shift; redis-cli -u "$0" eval "$script" $# "$@"' "$REDIS_URL" "$script" 2>/dev/null |
+        awk '{ s += $1 } END { printf "%d", s }'
+    printf ' %s\n' "$(dg_redis --scan --pattern "$DG_PREFIX:*" 2>/dev/null | wc -l)"
+}
+
+# Keys in the whole Redis database that are not this run's: when that number
+# moves during the run, someone else shares the Redis and the used_memory
+# delta is not ours alone.
+dg_other_keys() {
+    echo $(($(dg_redis dbsize) - $(dg_redis --scan --pattern "$DG_PREFIX:*" 2>/dev/null | wc -l)))
+}
+
 # Holds in the ledger by SKU and state -> <scenario>-ledger.json.
 dg_ledger_snapshot() {
     psql -X -q -v ON_ERROR_STOP=1 -At -d "$DG_DB" -c "

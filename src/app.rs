@@ -88,7 +88,12 @@ pub struct Dropgate {
     /// Set when Postgres admitted in Redis's place: the gate is stale until
     /// rebuilt from the ledger.
     fallback_used: Arc<AtomicBool>,
+    /// Per SKU: the furthest stream position this process saw the ledger
+    /// apply, behind a lock that queues concurrent flushes of the SKU.
+    flushed: FlushSlots,
 }
+
+type FlushSlots = Arc<std::sync::Mutex<HashMap<SkuId, Arc<tokio::sync::Mutex<Option<Position>>>>>>;
 
 impl Dropgate {
     pub fn new(gate: Gate, ledger: Ledger) -> Self {
@@ -100,6 +105,7 @@ impl Dropgate {
             admission: AdmissionMode::Redis,
             redis_down: RedisDown::Reject,
             fallback_used: Arc::default(),
+            flushed: Arc::default(),
         }
     }
 
@@ -461,26 +467,49 @@ impl Dropgate {
 
     /// Writes a SKU's events to the ledger up to `up_to` (or all of them),
     /// the same way the worker does. Safe beside a running worker.
+    ///
+    /// Flushes of one SKU queue on a per-SKU lock, and each writes all the
+    /// stream has, not just up to its own `up_to`: a burst of confirms costs
+    /// a few ledger transactions, and whoever waited finds its event written.
     pub async fn flush(&self, sku: &SkuId, up_to: Option<Position>) -> Result<(), AppError> {
+        let slot = self.flush_slot(sku);
+        let mut known = slot.lock().await;
+        if up_to.is_some_and(|up_to| known.is_some_and(|known| known >= up_to)) {
+            return Ok(());
+        }
         loop {
             let Some(ledger_sku) = self.ledger.sku(sku).await? else {
                 return Ok(());
             };
+            *known = Some(ledger_sku.applied);
             if up_to.is_some_and(|up_to| ledger_sku.applied >= up_to) {
                 return Ok(());
             }
             let events = self
                 .gate
-                .events(sku, ledger_sku.applied, up_to, FLUSH_BATCH_EVENTS)
+                .events(sku, ledger_sku.applied, None, FLUSH_BATCH_EVENTS)
                 .await?;
-            if events.is_empty() {
+            let Some(last) = events.last().map(|e| e.position) else {
                 return Ok(());
-            }
+            };
+            let complete = events.len() < FLUSH_BATCH_EVENTS;
             let report = self
                 .ledger
                 .apply(&BTreeMap::from([(sku.clone(), events)]))
                 .await?;
             self.applied(&report).await?;
+            *known = Some(last);
+            if up_to.is_none_or(|up_to| last >= up_to) && complete {
+                return Ok(());
+            }
+        }
+    }
+
+    fn flush_slot(&self, sku: &SkuId) -> Arc<tokio::sync::Mutex<Option<Position>>> {
+        match self.flushed.lock() {
+            Ok(mut slots) => slots.entry(sku.clone()).or_default().clone(),
+            // A poisoned map only loses the coalescing, never correctness.
+            Err(_) => Arc::default(),
         }
     }
 

@@ -46,7 +46,11 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
         "gate rebuilt from the ledger"
     };
     let epoch = app.ledger.start_epoch(reason).await?;
-    tracing::warn!(epoch, skus = skus.len(), "{reason}");
+    if skus.is_empty() {
+        tracing::info!(epoch, "{reason}");
+    } else {
+        tracing::warn!(epoch, skus = skus.len(), "{reason}");
+    }
     for sku in &skus {
         // When only part of Redis was lost, whatever the stream still holds
         // goes to the ledger first, so the rebuild loses nothing it had.

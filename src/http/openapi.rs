@@ -182,6 +182,12 @@ fn conventions(doc: &mut Value) {
                         if name == "Retry-After" {
                             header.insert("schema".into(), retry_after_schema());
                         }
+                        if name == "Idempotent-Replayed" {
+                            header.insert(
+                                "schema".into(),
+                                json!({"type": "string", "enum": ["true"]}),
+                            );
+                        }
                     }
                 }
             }
@@ -324,12 +330,13 @@ struct Dashboard {
     skus: Vec<DashboardSku>,
     /// More SKUs exist than those listed.
     skus_truncated: bool,
-    /// Sum of `backlog` over the listed SKUs.
+    /// Sum of `backlog` over the listed SKUs; null when Redis is unreachable.
     #[schema(minimum = 0)]
-    backlog_total: u64,
-    /// Largest absolute drift of any counter of any listed SKU.
+    backlog_total: Option<u64>,
+    /// Largest absolute drift of any counter of any listed SKU; null unless
+    /// both stores answered.
     #[schema(minimum = 0)]
-    max_abs_drift: i64,
+    max_abs_drift: Option<i64>,
     /// Admissions by outcome since the process started.
     admissions_total: BTreeMap<String, u64>,
     /// Seconds between an event and its commit to the ledger, once any.

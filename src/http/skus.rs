@@ -140,6 +140,14 @@ fn answer(outcome: SkuOutcome) -> Result<Response, ApiError> {
         SkuOutcome::Updated(sku) => Ok((StatusCode::OK, Json(sku)).into_response()),
         SkuOutcome::Conflict {
             requested,
+            held: _,
+            sold: _,
+        } if requested > SkuSettings::MAX_ON_HAND => Err(ApiError::Conflict(format!(
+            "on_hand {requested} would be above {}",
+            SkuSettings::MAX_ON_HAND
+        ))),
+        SkuOutcome::Conflict {
+            requested,
             held,
             sold,
         } => Err(ApiError::Conflict(format!(
