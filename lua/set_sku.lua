@@ -1,5 +1,6 @@
 -- set_sku.lua: create a SKU, replace its settings, or adjust its stock, and
--- append the adjustment event. Refuses to put on_hand below held + sold.
+-- append the adjustment event. Refuses to put on_hand below held + sold, or
+-- above 1000000000 (SkuSettings::MAX_ON_HAND).
 --
 -- KEYS[1]  stock hash    <prefix>:{sku}:stock
 -- KEYS[2]  event stream  <prefix>:{sku}:events
@@ -43,7 +44,7 @@ if mode == 'adjust' then
 else
   limit, ttl_ms, max_ext = ARGV[3], ARGV[4], ARGV[5]
 end
-if new_on_hand < held + sold then
+if new_on_hand < held + sold or new_on_hand > 1000000000 then
   return {'conflict', new_on_hand, held, sold}
 end
 

@@ -32,13 +32,10 @@ async fn postgres_admission_keeps_every_guarantee() {
     let mut config = test_config();
     config.admission = AdmissionMode::Postgres;
     let app = spawn_app_with(config).await;
-    app.create_sku(
-        "drop",
-        json!({"on_hand": 50, "per_customer_limit": 2, "hold_ttl_ms": 1000}),
-    )
-    .await;
+    app.create_sku("drop", json!({"on_hand": 50})).await;
 
     let statuses = admit_all(&app, "drop", "c", 500).await;
+
     assert_eq!(held(&statuses), 50);
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 450);
     let sku = app.sku("drop").await;
