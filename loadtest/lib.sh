@@ -152,7 +152,7 @@ dg_start_server() {
         DROPGATE_GLOBAL_RPS="$DROPGATE_GLOBAL_RPS" \
         DROPGATE_KEY_PREFIX="$DG_PREFIX" \
         ${DROPGATE_LOG_JSON:+"DROPGATE_LOG_JSON=$DROPGATE_LOG_JSON"} \
-        "$DG_BIN" serve >"$DG_LOG" 2>&1 &
+        "$DG_BIN" serve "$@" >"$DG_LOG" 2>&1 &
     DG_PID=$!
     local i
     for i in $(seq 300); do

@@ -32,7 +32,7 @@ pub struct WorkerLimits {
 impl Default for WorkerLimits {
     fn default() -> Self {
         Self {
-            batch_max_events: 1000,
+            batch_max_events: 5000,
             read_block_ms: 20,
             claim_idle_ms: 5_000,
             sku_refresh: Duration::from_secs(1),

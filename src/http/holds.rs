@@ -188,16 +188,18 @@ pub(super) struct HoldParam {
 const MAX_SKU_LABELS: usize = 100;
 
 fn sku_label(sku: &crate::domain::SkuId) -> String {
-    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
-        std::sync::LazyLock::new(Default::default);
-    let Ok(mut seen) = SEEN.lock() else {
-        return "other".to_owned();
-    };
-    if seen.contains(sku.as_str()) || seen.len() < MAX_SKU_LABELS {
-        seen.insert(sku.as_str().to_owned());
-        sku.as_str().to_owned()
-    } else {
-        "other".to_owned()
+    use std::sync::{LazyLock, RwLock};
+    static SEEN: LazyLock<RwLock<std::collections::HashSet<String>>> = LazyLock::new(Default::default);
+    let known = SEEN.read().is_ok_and(|seen| seen.contains(sku.as_str()));
+    if known {
+        return sku.as_str().to_owned();
+    }
+    match SEEN.write() {
+        Ok(mut seen) if seen.len() < MAX_SKU_LABELS => {
+            seen.insert(sku.as_str().to_owned());
+            sku.as_str().to_owned()
+        }
+        _ => "other".to_owned(),
     }
 }
 
