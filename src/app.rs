@@ -300,11 +300,7 @@ impl Dropgate {
             }
         };
         match in_gate {
-            Some(hold) => {
-                // The ledger being away only means "not known to be durable".
-                let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
-                Ok(HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable)))
-            }
+            Some(hold) => Ok(self.gate_view(hold_id, &sku, &hold).await),
             None => match self.ledger_hold(hold_id).await? {
                 // Neither store knows more than that the hold existed.
                 HoldOutcome::Conflict(HoldState::Lost) => Ok(HoldOutcome::Ok(Hold {
@@ -346,28 +342,17 @@ impl Dropgate {
 
     /// Confirms a hold; answers only once the ledger has the confirmation.
     pub async fn confirm(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        if self.admission == AdmissionMode::Postgres {
-            return self.direct(hold_id, HoldState::Confirmed).await;
-        }
-        let Some(sku) = self.sku_of(hold_id).await? else {
-            return Ok(HoldOutcome::NotFound);
+        let (sku, transition) = match self.transition(hold_id, HoldState::Confirmed).await? {
+            Ok(decided) => decided,
+            Err(outcome) => return Ok(outcome),
         };
-        let (hold, up_to) = match match self.gate.confirm(&sku, hold_id).await {
-            Ok(transition) => transition,
-            Err(error) if self.falls_back(&error) => {
-                return self.direct(hold_id, HoldState::Confirmed).await
-            }
-            Err(error) => return Err(error.into()),
-        } {
+        let (hold, up_to) = match transition {
             Transition::Done { hold, position } => (hold, Some(position)),
             Transition::Same { hold } => (hold, None),
-            Transition::Conflict { hold, position } => {
-                self.flush_quietly(&sku, position).await;
-                return Ok(HoldOutcome::Conflict(hold.state));
-            }
-            Transition::ExtensionLimit { .. } => return Ok(HoldOutcome::ExtensionLimit),
-            Transition::NoHold => {
-                return self.settled_elsewhere(hold_id, HoldState::Confirmed).await
+            other => {
+                return self
+                    .refused(hold_id, &sku, other, HoldState::Confirmed)
+                    .await
             }
         };
         self.flush(&sku, up_to).await?;
@@ -385,70 +370,90 @@ impl Dropgate {
 
     /// Releases a hold; its units are available again at once.
     pub async fn release(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        if self.admission == AdmissionMode::Postgres {
-            return self.direct(hold_id, HoldState::Released).await;
-        }
-        let Some(sku) = self.sku_of(hold_id).await? else {
-            return Ok(HoldOutcome::NotFound);
+        let (sku, transition) = match self.transition(hold_id, HoldState::Released).await? {
+            Ok(decided) => decided,
+            Err(outcome) => return Ok(outcome),
         };
-        Ok(
-            match match self.gate.release(&sku, hold_id).await {
-                Ok(transition) => transition,
-                Err(error) if self.falls_back(&error) => {
-                    return self.direct(hold_id, HoldState::Released).await
-                }
-                Err(error) => return Err(error.into()),
-            } {
-                Transition::Done { hold, position } => {
-                    let durable = self.flush_quietly(&sku, Some(position)).await;
-                    HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
-                }
-                Transition::Same { hold } => {
-                    let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
-                    HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
-                }
-                Transition::Conflict { hold, position } => {
-                    self.flush_quietly(&sku, position).await;
-                    HoldOutcome::Conflict(hold.state)
-                }
-                Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
-                Transition::NoHold => {
-                    return self.settled_elsewhere(hold_id, HoldState::Released).await
-                }
-            },
-        )
+        match transition {
+            Transition::Done { hold, position } => {
+                let durable = self.flush_quietly(&sku, Some(position)).await;
+                Ok(HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable)))
+            }
+            Transition::Same { hold } => Ok(self.gate_view(hold_id, &sku, &hold).await),
+            other => {
+                self.refused(hold_id, &sku, other, HoldState::Released)
+                    .await
+            }
+        }
     }
 
     /// Moves a held hold's expiry to now + the SKU's hold TTL.
     pub async fn extend(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
+        let (sku, transition) = match self.transition(hold_id, HoldState::Held).await? {
+            Ok(decided) => decided,
+            Err(outcome) => return Ok(outcome),
+        };
+        match transition {
+            Transition::Done { hold, .. } | Transition::Same { hold } => {
+                Ok(self.gate_view(hold_id, &sku, &hold).await)
+            }
+            other => self.refused(hold_id, &sku, other, HoldState::Held).await,
+        }
+    }
+
+    /// Runs a hold transition towards `to` (`Held` means extend) in the
+    /// gate: `Ok` with what the gate decided, or `Err` with the final answer
+    /// when there is no such hold or Postgres decided in the gate's place.
+    async fn transition(
+        &self,
+        hold_id: HoldId,
+        to: HoldState,
+    ) -> Result<Result<(SkuId, Transition), HoldOutcome>, AppError> {
         if self.admission == AdmissionMode::Postgres {
-            return self.direct(hold_id, HoldState::Held).await;
+            return Ok(Err(self.direct(hold_id, to).await?));
         }
         let Some(sku) = self.sku_of(hold_id).await? else {
-            return Ok(HoldOutcome::NotFound);
+            return Ok(Err(HoldOutcome::NotFound));
         };
-        Ok(
-            match match self.gate.extend(&sku, hold_id).await {
-                Ok(transition) => transition,
-                Err(error) if self.falls_back(&error) => {
-                    return self.direct(hold_id, HoldState::Held).await
-                }
-                Err(error) => return Err(error.into()),
-            } {
-                Transition::Done { hold, .. } | Transition::Same { hold } => {
-                    let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
-                    HoldOutcome::Ok(api_hold(hold_id, &sku, &hold, durable))
-                }
-                Transition::Conflict { hold, position } => {
-                    self.flush_quietly(&sku, position).await;
-                    HoldOutcome::Conflict(hold.state)
-                }
-                Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
-                Transition::NoHold => {
-                    return self.settled_elsewhere(hold_id, HoldState::Held).await
-                }
-            },
-        )
+        let decided = match to {
+            HoldState::Confirmed => self.gate.confirm(&sku, hold_id).await,
+            HoldState::Released => self.gate.release(&sku, hold_id).await,
+            _ => self.gate.extend(&sku, hold_id).await,
+        };
+        match decided {
+            Ok(transition) => Ok(Ok((sku, transition))),
+            Err(error) if self.falls_back(&error) => Ok(Err(self.direct(hold_id, to).await?)),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The answer when the gate did not make the transition.
+    async fn refused(
+        &self,
+        hold_id: HoldId,
+        sku: &SkuId,
+        transition: Transition,
+        wanted: HoldState,
+    ) -> Result<HoldOutcome, AppError> {
+        Ok(match transition {
+            Transition::Conflict { hold, position } => {
+                // It may have just expired: get that event to the ledger.
+                self.flush_quietly(sku, position).await;
+                HoldOutcome::Conflict(hold.state)
+            }
+            Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
+            Transition::NoHold => return self.settled_elsewhere(hold_id, wanted).await,
+            Transition::Done { hold, .. } | Transition::Same { hold } => {
+                self.gate_view(hold_id, sku, &hold).await
+            }
+        })
+    }
+
+    /// A hold as the gate has it, `durable` if the ledger has it too (the
+    /// ledger being away only means "not known to be durable").
+    async fn gate_view(&self, hold_id: HoldId, sku: &SkuId, hold: &GateHold) -> HoldOutcome {
+        let durable = matches!(self.ledger.hold(hold_id).await, Ok(Some(_)));
+        HoldOutcome::Ok(api_hold(hold_id, sku, hold, durable))
     }
 
     /// A transition asked of a hold the gate no longer keeps: answer from the

@@ -25,6 +25,7 @@ pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod operator;
+pub mod periodic;
 pub mod reaper;
 pub mod rebuild;
 pub mod reconciler;

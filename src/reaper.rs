@@ -59,17 +59,7 @@ impl Reaper {
         Ok(expired)
     }
 
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(REAP_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !*stop.borrow() {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => break,
-            }
-            if let Err(error) = self.run_once().await {
-                tracing::warn!(%error, "reaper pass failed");
-            }
-        }
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        crate::periodic::every(REAP_INTERVAL, stop, "reaper", || self.run_once()).await;
     }
 }

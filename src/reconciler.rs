@@ -170,17 +170,7 @@ impl Reconciler {
         Ok(Some(Drift { repaired, ..drift }))
     }
 
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !*stop.borrow() {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => break,
-            }
-            if let Err(error) = self.run_once().await {
-                tracing::warn!(%error, "reconciler pass failed");
-            }
-        }
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        crate::periodic::every(RECONCILE_INTERVAL, stop, "reconciler", || self.run_once()).await;
     }
 }

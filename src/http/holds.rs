@@ -189,7 +189,8 @@ const MAX_SKU_LABELS: usize = 100;
 
 fn sku_label(sku: &crate::domain::SkuId) -> String {
     use std::sync::{LazyLock, RwLock};
-    static SEEN: LazyLock<RwLock<std::collections::HashSet<String>>> = LazyLock::new(Default::default);
+    static SEEN: LazyLock<RwLock<std::collections::HashSet<String>>> =
+        LazyLock::new(Default::default);
     let known = SEEN.read().is_ok_and(|seen| seen.contains(sku.as_str()));
     if known {
         return sku.as_str().to_owned();
