@@ -26,7 +26,8 @@ CREATE TABLE skus (
 CREATE TABLE holds (
     hold_id          uuid PRIMARY KEY,
     sku              text NOT NULL REFERENCES skus (sku),
-    customer_id      text NOT NULL CHECK (customer_id ~ '^[A-Za-z0-9._:-]{1,128}$'),
+    -- Validated at the edge; a regex CHECK here cost ~30 % of batch inserts.
+    customer_id      text NOT NULL CHECK (char_length(customer_id) BETWEEN 1 AND 128),
     quantity         integer NOT NULL CHECK (quantity BETWEEN 1 AND 1000),
     state            text NOT NULL CHECK (state IN ('held', 'confirmed', 'released', 'expired', 'lost')),
     extensions       integer NOT NULL DEFAULT 0 CHECK (extensions >= 0),

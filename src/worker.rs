@@ -7,7 +7,7 @@
 
 use crate::app::Dropgate;
 use crate::domain::{now_ms, Event, Position, SkuId};
-use crate::gate::CONSUMER_GROUP;
+use crate::gate::{parse_event, CONSUMER_GROUP};
 use crate::ledger::ApplyReport;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
@@ -183,17 +183,20 @@ impl Worker {
         // read back from each stream in order from the ledger's position.
         // A dead consumer's claimed entries can arrive after newer ones were
         // applied, so applying deliveries as they come could leave a gap.
-        let mut targets: BTreeMap<SkuId, Position> = BTreeMap::new();
+        let mut delivered: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
         let mut acks: HashMap<String, Vec<String>> = HashMap::new();
         for (key, entry) in &entries {
             let Some(sku) = keys.get(key) else { continue };
-            if let Some(position) = Position::parse(&entry.id) {
-                let target = targets.entry(sku.clone()).or_insert(position);
-                *target = (*target).max(position);
+            match parse_event(&entry.id, &entry.map) {
+                Ok(event) => delivered.entry(sku.clone()).or_default().push(event),
+                Err(error) => tracing::error!(%sku, id = %entry.id, %error, "unreadable event"),
             }
             acks.entry(key.clone()).or_default().push(entry.id.clone());
         }
-        let report = self.apply_up_to(&targets).await?;
+        for events in delivered.values_mut() {
+            events.sort_by_key(|e| e.position);
+        }
+        let report = self.apply_up_to(delivered).await?;
 
         let mut conn = self.pool.get().await?;
         for (key, ids) in &acks {
@@ -210,28 +213,40 @@ impl Worker {
 
     /// Applies every SKU's events from the ledger's position up to its
     /// target, in bounded batches, one transaction per batch.
+    ///
+    /// The delivered events themselves are applied when they follow the
+    /// ledger's position without a gap (positions within an epoch count up
+    /// by one), which is the common case; otherwise the stream is read again.
     async fn apply_up_to(
         &self,
-        targets: &BTreeMap<SkuId, Position>,
+        mut delivered: BTreeMap<SkuId, Vec<Event>>,
     ) -> Result<ApplyReport, WorkerError> {
+        let targets: BTreeMap<SkuId, Position> = delivered
+            .iter()
+            .filter_map(|(sku, events)| Some((sku.clone(), events.last()?.position)))
+            .collect();
         let mut total = ApplyReport::default();
         let per_sku = (self.limits.batch_max_events / targets.len().max(1)).max(100);
         loop {
             let skus: Vec<SkuId> = targets.keys().cloned().collect();
             let applied = self.app.ledger.applied_positions(&skus).await?;
             let mut batch: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
-            for (sku, target) in targets {
+            for (sku, target) in &targets {
                 let Some(from) = applied.get(sku).copied() else {
                     continue;
                 };
                 if from >= *target {
                     continue;
                 }
-                let events = self
-                    .app
-                    .gate
-                    .events(sku, from, Some(*target), per_sku)
-                    .await?;
+                let events = match delivered.remove(sku) {
+                    Some(events) if follows(from, &events) => events,
+                    _ => {
+                        self.app
+                            .gate
+                            .events(sku, from, Some(*target), per_sku)
+                            .await?
+                    }
+                };
                 if !events.is_empty() {
                     batch.insert(sku.clone(), events);
                 }
@@ -243,6 +258,11 @@ impl Worker {
             let report = self.app.ledger.apply(&batch).await?;
             metrics::histogram!("dropgate_worker_commit_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                events = report.applied,
+                commit_ms = started.elapsed().as_millis() as u64,
+                "batch committed"
+            );
             metrics::histogram!("dropgate_worker_batch_events")
                 .record(batch.values().map(Vec::len).sum::<usize>() as f64);
             if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
@@ -268,9 +288,57 @@ impl Worker {
     }
 }
 
+/// True when `events` start right after `from` and leave no gap.
+fn follows(from: Position, events: &[Event]) -> bool {
+    let next = |p: Position| Position {
+        epoch: p.epoch,
+        seq: p.seq + 1,
+    };
+    events.first().is_some_and(|e| e.position == next(from))
+        && events
+            .windows(2)
+            .all(|w| w[1].position == next(w[0].position))
+}
+
 /// Counts what an apply did, whoever applied (worker or inline confirm).
 pub fn record_apply(report: &ApplyReport) {
     metrics::counter!("dropgate_ledger_events_applied_total").increment(report.applied);
     metrics::counter!("dropgate_ledger_events_skipped_total").increment(report.skipped);
     metrics::counter!("dropgate_ledger_holds_lost_total").increment(report.lost.len() as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Change, HoldId, HoldState};
+
+    fn at(epoch: i64, seq: i64) -> Event {
+        Event {
+            position: Position { epoch, seq },
+            event_id: uuid::Uuid::new_v4(),
+            occurred_at_ms: 0,
+            change: Change::Settle {
+                hold_id: HoldId::generate(1, 0),
+                to: HoldState::Released,
+                quantity: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn delivered_events_are_used_only_without_a_gap() {
+        let from = Position { epoch: 3, seq: 9 };
+        assert!(follows(from, &[at(3, 10), at(3, 11)]));
+        assert!(
+            !follows(from, &[at(3, 11), at(3, 12)]),
+            "gap after the ledger's position"
+        );
+        assert!(!follows(from, &[at(3, 10), at(3, 12)]), "gap inside");
+        assert!(
+            !follows(from, &[at(4, 0)]),
+            "a new epoch is read from the stream"
+        );
+        assert!(follows(Position { epoch: 4, seq: -1 }, &[at(4, 0)]));
+        assert!(!follows(from, &[]));
+    }
 }

@@ -497,6 +497,8 @@ fn record_script(script: &'static str, started: std::time::Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
+pub(crate) use reply::event as parse_event;
+
 fn sold_out(retry_after_ms: i64) -> Admission {
     Admission::SoldOut {
         retry_after_ms: (retry_after_ms > 0).then_some(retry_after_ms),
