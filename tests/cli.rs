@@ -118,14 +118,7 @@ async fn audit_passes_on_a_healthy_drop_and_fails_on_a_breach() {
     assert_eq!(report["skus"][0]["live_holds_ledger"], 3);
 
     // Behind dropgate's back: the gate now disagrees with the ledger.
-    let mut redis = app.redis().await;
-    let () = redis::cmd("HINCRBY")
-        .arg(app.key("drop", "stock"))
-        .arg("sold")
-        .arg(2)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    app.tamper_stock("drop", "HINCRBY", "sold", 2).await;
     let output = audit(&app, true);
     assert_eq!(output.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -178,14 +178,7 @@ async fn injected_drift_is_found_repaired_and_audited() {
     for i in 0..4 {
         admit_ok(&app, "drop", &format!("k{i}")).await;
     }
-    let mut redis = app.redis().await;
-    let () = redis::cmd("HINCRBY")
-        .arg(app.key("drop", "stock"))
-        .arg("held")
-        .arg(5)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    app.tamper_stock("drop", "HINCRBY", "held", 5).await;
     assert_eq!(app.sku("drop").await["available"], 11);
 
     let reconciler = dropgate::reconciler::Reconciler::new(app.app.clone());
@@ -528,14 +521,7 @@ async fn the_ledger_refuses_an_oversell_and_the_hold_is_lost() {
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 2})).await;
     // A gate that believes in stock the ledger does not have.
-    let mut redis = app.redis().await;
-    let () = redis::cmd("HSET")
-        .arg(app.key("drop", "stock"))
-        .arg("on_hand")
-        .arg(3)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    app.tamper_stock("drop", "HSET", "on_hand", 3).await;
     let holds = [
         admit_ok(&app, "drop", "a").await,
         admit_ok(&app, "drop", "b").await,

@@ -169,6 +169,19 @@ impl TestApp {
             .expect("redis")
     }
 
+    /// Changes a SKU's stock hash behind dropgate's back, e.g.
+    /// `tamper_stock("drop", "HINCRBY", "held", 5)`: drift for tests to find.
+    pub async fn tamper_stock(&self, sku: &str, command: &str, field: &str, value: i64) {
+        let mut redis = self.redis().await;
+        let _: i64 = redis::cmd(command)
+            .arg(self.key(sku, "stock"))
+            .arg(field)
+            .arg(value)
+            .query_async(&mut redis)
+            .await
+            .expect("the stock hash changes");
+    }
+
     pub fn key(&self, sku: &str, rest: &str) -> String {
         format!("{}:{{{sku}}}:{rest}", self.prefix)
     }
