@@ -115,9 +115,13 @@ pub fn time_from_ms(ms: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
+/// A UTC time as unix milliseconds (every `OffsetDateTime` fits).
+pub fn ms_from_time(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 pub fn now_ms() -> i64 {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+    ms_from_time(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

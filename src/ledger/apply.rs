@@ -9,7 +9,9 @@
 //! written with UNNEST: movements, new holds, changed holds, SKU counters.
 
 use super::{Ledger, LedgerError};
-use crate::domain::{time_from_ms, Change, Event, HoldId, HoldState, Position, SkuId};
+use crate::domain::{
+    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, Position, SkuId,
+};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
@@ -185,8 +187,7 @@ impl Ledger {
                         .ok_or_else(|| LedgerError::Invariant(format!("hold state {state:?}")))?,
                     quantity: i64::from(row.try_get::<i32, _>("quantity")?),
                     extensions: i64::from(row.try_get::<i32, _>("extensions")?),
-                    expires_at_ms: i64::try_from(expires_at.unix_timestamp_nanos() / 1_000_000)
-                        .unwrap_or(0),
+                    expires_at_ms: ms_from_time(expires_at),
                     created: None,
                 },
             );

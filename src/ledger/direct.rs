@@ -8,7 +8,10 @@
 //! as one hot row allows.
 
 use super::{Ledger, LedgerError};
-use crate::domain::{time_from_ms, CustomerId, HoldId, HoldState, IdempotencyKey, Quantity, SkuId};
+use crate::domain::{
+    ms_from_time, now_ms, time_from_ms, CustomerId, HoldId, HoldState, IdempotencyKey, Quantity,
+    SkuId,
+};
 use crate::gate::Admission;
 use sqlx::Row;
 use time::OffsetDateTime;
@@ -16,10 +19,6 @@ use uuid::Uuid;
 
 /// Holds expired per statement by the Postgres-direct reaper.
 const EXPIRE_BATCH: i64 = 500;
-
-fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
 
 /// What a direct state change found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +70,7 @@ impl Ledger {
                 .bind(sku.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                Some(next.map_or(1000, |t| (ms(t) - ms(OffsetDateTime::now_utc())).max(1000)))
+                Some(next.map_or(1000, |t| (ms_from_time(t) - now_ms()).max(1000)))
             } else {
                 None
             };
@@ -98,7 +97,7 @@ impl Ledger {
             }
         }
         let sku_no = u32::try_from(row.try_get::<i32, _>("sku_no")?).unwrap_or(0);
-        let now = ms(OffsetDateTime::now_utc());
+        let now = now_ms();
         let hold_id = HoldId::generate(sku_no, now);
         let expires_at_ms = now + row.try_get::<i64, _>("hold_ttl_ms")?;
         sqlx::query(
@@ -252,7 +251,7 @@ async fn replay(
     }
     Ok(Some(Admission::Replayed(Box::new(Admission::Held {
         hold_id: HoldId::from_uuid(row.try_get("hold_id")?),
-        expires_at_ms: ms(row.try_get("expires_at")?),
+        expires_at_ms: ms_from_time(row.try_get("expires_at")?),
     }))))
 }
 

@@ -2,7 +2,7 @@
 //! side of reconciliation.
 
 use super::{Ledger, LedgerError, LedgerSku};
-use crate::domain::{HoldId, HoldState, SkuId};
+use crate::domain::{ms_from_time, now_ms, HoldId, HoldState, SkuId};
 use crate::gate::{GateSku, RebuiltHold, RebuiltSku};
 use sqlx::Row;
 use time::OffsetDateTime;
@@ -10,10 +10,6 @@ use uuid::Uuid;
 
 /// Idempotency records are rebuilt for holds younger than this.
 const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
-
-fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
 
 impl Ledger {
     /// Starts a new gate epoch; every event of an older one is fenced off.
@@ -38,7 +34,9 @@ impl Ledger {
         .bind(i32::try_from(hold_id.sku_no()).unwrap_or(-1))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(window.is_some_and(|(from, to)| (ms(from)..ms(to)).contains(&hold_id.created_ms())))
+        Ok(window.is_some_and(|(from, to)| {
+            (ms_from_time(from)..ms_from_time(to)).contains(&hold_id.created_ms())
+        }))
     }
 
     /// Moves the SKU to `epoch` and reads what the gate must hold for it:
@@ -78,9 +76,9 @@ impl Ledger {
                 hold_id: HoldId::from_uuid(r.try_get("hold_id")?),
                 customer_id: r.try_get("customer_id")?,
                 quantity: i64::from(r.try_get::<i32, _>("quantity")?),
-                expires_at_ms: ms(r.try_get("expires_at")?),
+                expires_at_ms: ms_from_time(r.try_get("expires_at")?),
                 extensions: i64::from(r.try_get::<i32, _>("extensions")?),
-                created_ms: ms(r.try_get("created_at")?),
+                created_ms: ms_from_time(r.try_get("created_at")?),
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -91,7 +89,7 @@ impl Ledger {
         .bind(sku.sku.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let now = ms(OffsetDateTime::now_utc());
+        let now = now_ms();
         let idempotency = sqlx::query(
             "SELECT hold_id, idempotency_key, request_fingerprint, created_at, expires_at
              FROM holds WHERE sku = $1 AND idempotency_key IS NOT NULL
@@ -105,11 +103,11 @@ impl Ledger {
             let hold_id: Uuid = r.try_get("hold_id")?;
             let key: String = r.try_get("idempotency_key")?;
             let fingerprint: String = r.try_get("request_fingerprint")?;
-            let created = ms(r.try_get("created_at")?);
+            let created = ms_from_time(r.try_get("created_at")?);
             let record = format!(
                 "{fingerprint}|H|{}|{}",
                 hold_id.hyphenated(),
-                ms(r.try_get("expires_at")?)
+                ms_from_time(r.try_get("expires_at")?)
             );
             Ok((key, record, created + IDEMPOTENCY_WINDOW_MS - now))
         })
