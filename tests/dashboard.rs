@@ -182,14 +182,7 @@ async fn a_store_that_is_away_shows_as_unreachable_not_as_an_error() {
     let mut redis = RedisServer::start();
     let mut proxy = PgProxy::start().await;
     let mut config = test_config();
-    let database = config
-        .stores
-        .database_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    config.stores.database_url = proxy.database_url(&database);
+    proxy.route(&mut config);
     config.stores.redis_url = redis.url();
     config.stores.store_timeout_ms = 1000;
     let app = spawn_app_with(config).await;

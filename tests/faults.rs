@@ -413,14 +413,7 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
 async fn admission_goes_on_while_postgres_is_away_and_the_ledger_catches_up() {
     let mut proxy = PgProxy::start().await;
     let mut config = test_config();
-    let database = config
-        .stores
-        .database_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    config.stores.database_url = proxy.database_url(&database);
+    proxy.route(&mut config);
     config.stores.store_timeout_ms = 1000;
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 100})).await;

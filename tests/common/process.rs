@@ -190,8 +190,11 @@ impl PgProxy {
         proxy
     }
 
-    pub fn database_url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    /// Points `config` at the same database, through this proxy.
+    pub fn route(&self, config: &mut dropgate::config::ServeConfig) {
+        let url = &mut config.stores.database_url;
+        let database = url.rsplit('/').next().unwrap_or_default().to_owned();
+        *url = format!("postgres://postgres@127.0.0.1:{}/{database}", self.port);
     }
 
     pub async fn restore(&mut self) {
