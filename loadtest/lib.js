@@ -350,6 +350,37 @@ export function commonThresholds(cfg, p99Ms, extra) {
 
 export const summaryTrendStats = ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'];
 
+// Options of the open-model scenarios (sustained, lifecycle, soak): RATE
+// iterations per second for DURATION, P99_MS on admissions, and fewer than
+// MAX_DROPPED (default 1 % of planned, at least 10) dropped iterations.
+// `vus(rate)` and `maxVus(rate)` give the VU defaults (env VUS / MAX_VUS win);
+// `extra(p99Ms)` adds the scenario's own thresholds.
+export function constantRateOptions(name, cfg, { rate, duration, vus, maxVus, gracefulStop, extra }) {
+  const RATE = envInt('RATE', rate);
+  const DURATION = envStr('DURATION', duration);
+  const P99_MS = envFloat('P99_MS', 50);
+  const MAX_DROPPED = envInt('MAX_DROPPED', Math.max(10, Math.ceil(RATE * durationSeconds(DURATION) * 0.01)));
+  const scenario = {
+    executor: 'constant-arrival-rate',
+    rate: RATE,
+    timeUnit: '1s',
+    duration: DURATION,
+    preAllocatedVUs: envInt('VUS', vus(RATE)),
+    maxVUs: envInt('MAX_VUS', maxVus(RATE)),
+  };
+  if (gracefulStop) {
+    scenario.gracefulStop = gracefulStop;
+  }
+  return {
+    scenarios: { [name]: scenario },
+    thresholds: commonThresholds(cfg, P99_MS, {
+      dropped_iterations: [`count<${MAX_DROPPED}`],
+      ...(extra ? extra(P99_MS) : {}),
+    }),
+    summaryTrendStats,
+  };
+}
+
 // --------------------------------------------------------------- the summary
 
 function fmtMs(v) {

@@ -24,44 +24,26 @@
 
 import {
   baseConfig,
-  commonThresholds,
-  durationSeconds,
-  envFloat,
-  envInt,
-  envStr,
+  constantRateOptions,
   lifecycleConfig,
   lifecycleIteration,
   summaryHandler,
-  summaryTrendStats,
 } from './lib.js';
 
 const lc = lifecycleConfig(baseConfig({ scenario: 'lifecycle', skus: 'life-a,life-b,life-c', customerSpace: 10000000 }));
-const RATE = envInt('RATE', 200);
-const DURATION = envStr('DURATION', '60s');
-const P99_MS = envFloat('P99_MS', 50);
-const MAX_DROPPED = envInt('MAX_DROPPED', Math.max(10, Math.ceil(RATE * durationSeconds(DURATION) * 0.01)));
-
-export const options = {
-  scenarios: {
-    lifecycle: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: DURATION,
-      // Each iteration sleeps (think time, sometimes a hold's whole TTL).
-      gracefulStop: `${Math.ceil(lc.holdTtlMs / 1000) + 10}s`,
-      preAllocatedVUs: envInt('VUS', Math.max(50, RATE)),
-      maxVUs: envInt('MAX_VUS', Math.max(300, RATE * 3)),
-    },
-  },
-  thresholds: commonThresholds(lc, P99_MS, {
-    dropped_iterations: [`count<${MAX_DROPPED}`],
+export const options = constantRateOptions('lifecycle', lc, {
+  rate: 200,
+  duration: '60s',
+  vus: (rate) => Math.max(50, rate),
+  maxVus: (rate) => Math.max(300, rate * 3),
+  // Each iteration sleeps (think time, sometimes a hold's whole TTL).
+  gracefulStop: `${Math.ceil(lc.holdTtlMs / 1000) + 10}s`,
+  extra: (p99Ms) => ({
     transition_errors: ['count==0'],
-    'http_req_duration{name:confirm}': [`p(99)<${P99_MS * 4}`],
-    'http_req_duration{name:release}': [`p(99)<${P99_MS}`],
+    'http_req_duration{name:confirm}': [`p(99)<${p99Ms * 4}`],
+    'http_req_duration{name:release}': [`p(99)<${p99Ms}`],
   }),
-  summaryTrendStats,
-};
+});
 
 export default function () {
   lifecycleIteration(lc);

@@ -15,41 +15,21 @@
 
 import {
   baseConfig,
-  commonThresholds,
-  durationSeconds,
-  envFloat,
-  envInt,
-  envStr,
+  constantRateOptions,
   lifecycleConfig,
   lifecycleIteration,
   summaryHandler,
-  summaryTrendStats,
 } from './lib.js';
 
 const lc = lifecycleConfig(baseConfig({ scenario: 'soak', skus: 'soak-a,soak-b,soak-c', customerSpace: 100000 }));
-const RATE = envInt('RATE', 100);
-const DURATION = envStr('DURATION', '10m');
-const P99_MS = envFloat('P99_MS', 50);
-const MAX_DROPPED = envInt('MAX_DROPPED', Math.max(10, Math.ceil(RATE * durationSeconds(DURATION) * 0.01)));
-
-export const options = {
-  scenarios: {
-    soak: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: DURATION,
-      gracefulStop: `${Math.ceil(lc.holdTtlMs / 1000) + 10}s`,
-      preAllocatedVUs: envInt('VUS', Math.max(50, RATE)),
-      maxVUs: envInt('MAX_VUS', Math.max(300, RATE * 3)),
-    },
-  },
-  thresholds: commonThresholds(lc, P99_MS, {
-    dropped_iterations: [`count<${MAX_DROPPED}`],
-    transition_errors: ['count==0'],
-  }),
-  summaryTrendStats,
-};
+export const options = constantRateOptions('soak', lc, {
+  rate: 100,
+  duration: '10m',
+  vus: (rate) => Math.max(50, rate),
+  maxVus: (rate) => Math.max(300, rate * 3),
+  gracefulStop: `${Math.ceil(lc.holdTtlMs / 1000) + 10}s`,
+  extra: () => ({ transition_errors: ['count==0'] }),
+});
 
 export default function () {
   lifecycleIteration(lc);

@@ -17,40 +17,20 @@
 import {
   admit,
   baseConfig,
-  commonThresholds,
-  durationSeconds,
-  envFloat,
-  envInt,
-  envStr,
+  constantRateOptions,
   newIdempotencyKey,
   pick,
   randomCustomer,
   summaryHandler,
-  summaryTrendStats,
 } from './lib.js';
 
 const cfg = baseConfig({ scenario: 'sustained', skus: 'sustained', customerSpace: 10000000 });
-const RATE = envInt('RATE', 1000);
-const DURATION = envStr('DURATION', '60s');
-const P99_MS = envFloat('P99_MS', 50);
-const MAX_DROPPED = envInt('MAX_DROPPED', Math.max(10, Math.ceil(RATE * durationSeconds(DURATION) * 0.01)));
-
-export const options = {
-  scenarios: {
-    sustained: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: DURATION,
-      preAllocatedVUs: envInt('VUS', Math.max(50, Math.ceil(RATE / 20))),
-      maxVUs: envInt('MAX_VUS', Math.max(200, Math.ceil(RATE / 2))),
-    },
-  },
-  thresholds: commonThresholds(cfg, P99_MS, {
-    dropped_iterations: [`count<${MAX_DROPPED}`],
-  }),
-  summaryTrendStats,
-};
+export const options = constantRateOptions('sustained', cfg, {
+  rate: 1000,
+  duration: '60s',
+  vus: (rate) => Math.max(50, Math.ceil(rate / 20)),
+  maxVus: (rate) => Math.max(200, Math.ceil(rate / 2)),
+});
 
 export default function () {
   const sku = pick(cfg.skus);
