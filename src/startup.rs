@@ -30,6 +30,8 @@ pub struct Application {
 impl Application {
     /// Migrates the ledger, opens the gate and binds the listener.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        // The recorder first, so what start-up does (a gate rebuild) counts.
+        let metrics = crate::telemetry::metrics();
         let app = connect(&config.stores)
             .await?
             .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
@@ -47,7 +49,7 @@ impl Application {
                 storefront: config.storefront_tokens.clone(),
             }),
             limits: Arc::new(RateLimits::new(config.customer_rps, config.global_rps)),
-            metrics: crate::telemetry::metrics(),
+            metrics,
             draining: Arc::default(),
         };
         let listener = TcpListener::bind(config.listen)

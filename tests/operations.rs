@@ -22,7 +22,12 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_tell_what_the_drop_is_doing() {
-    let app = spawn_app_with(test_config()).await;
+    // The worker alone commits the admissions (a background reconciler could
+    // write them first, and the worker's batch metrics would never appear);
+    // the test runs the reconciler's pass itself, after the worker.
+    let mut config = test_config();
+    config.no_reconciler = true;
+    let app = spawn_app_with(config).await;
     app.create_sku("metered", json!({"on_hand": 2})).await;
     let before = app
         .client
@@ -43,7 +48,11 @@ async fn metrics_tell_what_the_drop_is_doing() {
             .await;
     }
     app.admit("metered", "k0", "c0", 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.wait_for_ledger("metered").await;
+    dropgate::reconciler::Reconciler::new(app.app.clone())
+        .run_once()
+        .await
+        .unwrap();
 
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert!(response.headers()["content-type"]
