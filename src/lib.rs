@@ -16,6 +16,7 @@
 //! * [`config`], [`telemetry`], [`startup`], [`limits`], [`dev`]: plumbing.
 
 pub mod app;
+pub mod clock;
 pub mod audit;
 pub mod config;
 pub mod dev;

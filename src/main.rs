@@ -16,9 +16,7 @@ async fn main() -> ExitCode {
         }
         Command::Migrate(stores) => {
             dropgate::telemetry::init_logs(false);
-            dropgate::ledger::migrate(&stores.database_url)
-                .await
-                .map_err(anyhow::Error::from)
+            dropgate::startup::migrate(&stores).await
         }
         Command::Worker(stores) => {
             dropgate::telemetry::init_logs(false);

@@ -5,6 +5,7 @@
 use crate::app::{HoldOutcome, SkuOutcome};
 use crate::config::{HoldsCommand, HoldsConfig, SkusCommand, SkusConfig};
 use crate::domain::{HoldId, SkuId, SkuSettings};
+use crate::http::{Hold, Sku};
 use anyhow::{anyhow, bail};
 
 pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
@@ -16,7 +17,7 @@ pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
             loop {
                 let page = app.skus(after.as_ref(), 500).await?;
                 for sku in &page {
-                    println!("{}", serde_json::to_string(sku)?);
+                    println!("{}", serde_json::to_string(&Sku::from(sku.clone()))?);
                 }
                 match page.last() {
                     Some(last) if page.len() == 500 => after = Some(last.sku.clone()),
@@ -52,7 +53,7 @@ pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
 fn print_sku_outcome(outcome: SkuOutcome) -> anyhow::Result<()> {
     match outcome {
         SkuOutcome::Created(sku) | SkuOutcome::Updated(sku) => {
-            println!("{}", serde_json::to_string(&sku)?);
+            println!("{}", serde_json::to_string(&Sku::from(sku))?);
             Ok(())
         }
         SkuOutcome::Conflict {
@@ -74,7 +75,7 @@ pub async fn holds(config: HoldsConfig) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("{hold_id}: not a dropgate hold id"))?;
             match app.hold(id).await? {
                 HoldOutcome::Ok(hold) => {
-                    println!("{}", serde_json::to_string_pretty(&hold)?);
+                    println!("{}", serde_json::to_string_pretty(&Hold::from(hold))?);
                     Ok(())
                 }
                 _ => bail!("{hold_id}: no such hold"),

@@ -6,32 +6,13 @@
 
 use crate::app::{AppError, Dropgate};
 
-/// Serializes rebuilds across dropgate processes (Postgres advisory lock).
-const REBUILD_LOCK: i64 = 0x6472_6f70_6761_7465; // "dropgate"
-
 /// Makes sure the gate is built; builds it from the ledger when the epoch
 /// key is missing. Returns the gate epoch.
 pub async fn ensure_gate(app: &Dropgate) -> Result<i64, AppError> {
     if let Some(epoch) = app.gate.epoch().await? {
         return Ok(epoch);
     }
-    let mut lock = app
-        .ledger
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut *lock)
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
-    let built = rebuild_locked(app).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut *lock)
-        .await;
-    built
+    app.ledger.with_rebuild_lock(rebuild_locked(app)).await
 }
 
 async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
@@ -57,8 +38,8 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
         if let Err(error) = app.flush(&sku.sku, None).await {
             tracing::debug!(sku = %sku.sku, %error, "no stream to flush before the rebuild");
         }
-        let source = app.ledger.gate_source(sku, epoch).await?;
-        app.gate.rebuild_sku(&source).await?;
+        let snapshot = app.ledger.snapshot_for_epoch(&sku.sku, epoch).await?;
+        app.gate.rebuild_sku(&snapshot, app.now_ms()).await?;
     }
     app.gate.set_epoch(epoch).await?;
     metrics::counter!("dropgate_gate_rebuilds_total").increment(1);

@@ -53,15 +53,6 @@ impl Reconciler {
 
     /// One pass over every SKU.
     pub async fn run_once(&self) -> Result<ReconcileReport, AppError> {
-        if self.app.take_fallback_used() {
-            // Postgres admitted while Redis was away: the gate does not know
-            // those holds. Rebuild it from the ledger (after flushing what it
-            // still has), or try again next round if Redis is still away.
-            if let Err(error) = self.app.gate.forget_epoch().await {
-                self.app.mark_fallback_used();
-                return Err(error.into());
-            }
-        }
         crate::rebuild::ensure_gate(&self.app).await?;
         let mut report = ReconcileReport::default();
         let counted_recently = self
@@ -136,9 +127,9 @@ impl Reconciler {
         }
         let drift = Drift {
             sku: sku.clone(),
-            on_hand: snapshot.on_hand - ledger.on_hand,
-            held: snapshot.held - ledger.held,
-            sold: snapshot.sold - ledger.sold,
+            on_hand: snapshot.on_hand - ledger.figures.stock.on_hand,
+            held: snapshot.held - ledger.figures.stock.held,
+            sold: snapshot.sold - ledger.figures.stock.sold,
             repaired: false,
         };
         let label = sku.to_string();
@@ -156,12 +147,12 @@ impl Reconciler {
         let repaired = self
             .app
             .gate
-            .repair(sku, &snapshot, ledger.on_hand, ledger.held, ledger.sold)
+            .repair(sku, &snapshot, ledger.figures.stock)
             .await?;
         if repaired {
             let reason = format!(
                 "gate had on_hand {} held {} sold {}; set to the ledger's on_hand {} held {} sold {}",
-                snapshot.on_hand, snapshot.held, snapshot.sold, ledger.on_hand, ledger.held, ledger.sold
+                snapshot.on_hand, snapshot.held, snapshot.sold, ledger.figures.stock.on_hand, ledger.figures.stock.held, ledger.figures.stock.sold
             );
             self.app.ledger.record_reconcile(sku, &reason).await?;
             metrics::counter!("dropgate_reconciler_repairs_total").increment(1);

@@ -6,7 +6,7 @@
 //! applied again by another.
 
 use crate::app::Dropgate;
-use crate::domain::{now_ms, Event, Position, SkuId};
+use crate::domain::{Event, Position, SkuId};
 use crate::gate::{parse_event, CONSUMER_GROUP};
 use crate::ledger::ApplyReport;
 use redis::streams::{
@@ -266,7 +266,7 @@ impl Worker {
             metrics::histogram!("dropgate_worker_batch_events")
                 .record(batch.values().map(Vec::len).sum::<usize>() as f64);
             if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
-                let lag_ms = (now_ms() - oldest).max(0);
+                let lag_ms = (self.app.now_ms() - oldest).max(0);
                 metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
             }
             self.app.applied(&report).await?;
@@ -290,21 +290,10 @@ impl Worker {
 
 /// True when `events` start right after `from` and leave no gap.
 fn follows(from: Position, events: &[Event]) -> bool {
-    let next = |p: Position| Position {
-        epoch: p.epoch,
-        seq: p.seq + 1,
-    };
-    events.first().is_some_and(|e| e.position == next(from))
+    events.first().is_some_and(|e| e.position == from.next())
         && events
             .windows(2)
-            .all(|w| w[1].position == next(w[0].position))
-}
-
-/// Counts what an apply did, whoever applied (worker or inline confirm).
-pub fn record_apply(report: &ApplyReport) {
-    metrics::counter!("dropgate_ledger_events_applied_total").increment(report.applied);
-    metrics::counter!("dropgate_ledger_events_skipped_total").increment(report.skipped);
-    metrics::counter!("dropgate_ledger_holds_lost_total").increment(report.lost.len() as u64);
+            .all(|w| w[1].position == w[0].position.next())
 }
 
 #[cfg(test)]
@@ -318,7 +307,7 @@ mod tests {
             event_id: uuid::Uuid::new_v4(),
             occurred_at_ms: 0,
             change: Change::Settle {
-                hold_id: HoldId::generate(1, 0),
+                hold_id: HoldId::new(1, 0, [0; 16]),
                 to: HoldState::Released,
                 quantity: 1,
             },

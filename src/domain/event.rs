@@ -23,13 +23,11 @@ impl Position {
         format!("{}-{}", self.epoch, self.seq)
     }
 
-    /// The XRANGE start bound for "everything after this position".
-    /// Sequence -1 stands before `<epoch>-0`, the first id of an epoch.
-    pub fn after_bound(self) -> String {
-        if self.seq < 0 {
-            format!("{}-0", self.epoch)
-        } else {
-            format!("({}-{}", self.epoch, self.seq)
+    /// The position right after this one in the same epoch.
+    pub fn next(self) -> Self {
+        Self {
+            epoch: self.epoch,
+            seq: self.seq + 1,
         }
     }
 }

@@ -10,7 +10,8 @@ pub use keys::Keys;
 pub use reply::GateHold;
 
 use crate::domain::{
-    CustomerId, Event, HoldId, IdempotencyKey, Position, Quantity, SkuId, SkuSettings,
+    decode_outcome, encode_held, Admission, CustomerId, Event, HoldId, HoldTransition, IdempotencyKey, Position,
+    Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot, Stock, IDEMPOTENCY_TTL_MS,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
@@ -24,9 +25,6 @@ use uuid::Uuid;
 
 /// Consumer group of the commit worker on every SKU stream.
 pub const CONSUMER_GROUP: &str = "ledger";
-
-/// Idempotency records live at least this long (the contract says 24 h).
-const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Admission stops (503) while a SKU's stream holds this many uncommitted
 /// events: a bound on Redis memory if the ledger is gone for long.
@@ -62,30 +60,6 @@ impl GateError {
     }
 }
 
-/// What the admit script decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    Held {
-        hold_id: HoldId,
-        expires_at_ms: i64,
-    },
-    /// The idempotency key was seen with the same body: its first outcome.
-    Replayed(Box<Admission>),
-    /// The idempotency key was seen with another body.
-    KeyReused,
-    SoldOut {
-        /// When a live hold may next free units; `None` when nothing is held.
-        retry_after_ms: Option<i64>,
-    },
-    LimitExceeded {
-        limit: i64,
-        already: i64,
-    },
-    UnknownSku,
-    /// The SKU's event stream is full: the ledger is far behind.
-    Backlogged,
-}
-
 /// What a hold transition script (confirm, release, extend) decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
@@ -109,21 +83,10 @@ pub enum Transition {
     NoHold,
 }
 
-/// A SKU's figures in the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GateSku {
-    pub on_hand: i64,
-    pub held: i64,
-    pub sold: i64,
-    pub per_customer_limit: i64,
-    pub hold_ttl_ms: i64,
-    pub max_extensions: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkuChange {
-    Created(GateSku),
-    Updated(GateSku),
+    Created(SkuFigures),
+    Updated(SkuFigures),
     /// on_hand would fall below held + sold.
     Conflict {
         requested: i64,
@@ -226,9 +189,15 @@ impl Gate {
                 hold_id,
                 expires_at_ms: reply.int(2)?,
             },
-            "replay" => Admission::Replayed(Box::new(parse_record(&reply.text(1)?)?)),
+            "replay" => {
+                let record = reply.text(1)?;
+                let first = decode_outcome(&record).ok_or_else(|| {
+                    GateError::protocol(format!("bad idempotency record {record:?}"))
+                })?;
+                Admission::Replayed(Box::new(first))
+            }
             "reused" => Admission::KeyReused,
-            "sold_out" => sold_out(reply.int(1)?),
+            "sold_out" => Admission::sold_out(reply.int(1)?),
             "limit" => Admission::LimitExceeded {
                 limit: reply.int(1)?,
                 already: reply.int(2)?,
@@ -239,34 +208,33 @@ impl Gate {
         })
     }
 
-    pub async fn confirm(&self, sku: &SkuId, hold_id: HoldId) -> Result<Transition, GateError> {
-        self.transition(("confirm", &SCRIPTS.confirm), sku, hold_id)
-            .await
-    }
-
-    pub async fn release(&self, sku: &SkuId, hold_id: HoldId) -> Result<Transition, GateError> {
-        self.transition(("release", &SCRIPTS.release), sku, hold_id)
-            .await
-    }
-
-    pub async fn extend(&self, sku: &SkuId, hold_id: HoldId) -> Result<Transition, GateError> {
-        self.transition(("extend", &SCRIPTS.extend), sku, hold_id)
-            .await
-    }
-
-    async fn transition(
+    /// Runs a client's hold operation (confirm, release or extend).
+    pub async fn transition(
         &self,
-        (name, script): (&'static str, &redis::Script),
         sku: &SkuId,
         hold_id: HoldId,
+        operation: HoldTransition,
+        now_ms: i64,
     ) -> Result<Transition, GateError> {
+        let script = match operation {
+            HoldTransition::Confirm => &SCRIPTS.confirm,
+            HoldTransition::Release => &SCRIPTS.release,
+            HoldTransition::Extend => &SCRIPTS.extend,
+            HoldTransition::Expire | HoldTransition::Lose => {
+                return Err(GateError::protocol(format!(
+                    "{} is not a client operation",
+                    operation.as_str()
+                )))
+            }
+        };
+        let name = operation.as_str();
         let started = std::time::Instant::now();
         let reply: Vec<redis::Value> = script
             .key(self.keys.hold(sku, hold_id))
             .arg(self.keys.base(sku))
             .arg(hold_id.to_string())
             .arg(Uuid::new_v4().to_string())
-            .arg(crate::domain::now_ms())
+            .arg(now_ms)
             .invoke_async(&mut self.conn.clone())
             .await?;
         record_script(name, started);
@@ -310,6 +278,7 @@ impl Gate {
         change: StockChange,
         reason: &str,
         epoch: i64,
+        now_ms: i64,
     ) -> Result<SkuChange, GateError> {
         let mut invocation = SCRIPTS.set_sku.key(self.keys.stock(sku));
         invocation.key(self.keys.events(sku));
@@ -330,17 +299,19 @@ impl Gate {
         };
         invocation
             .arg(Uuid::new_v4().to_string())
-            .arg(crate::domain::now_ms())
+            .arg(now_ms)
             .arg(epoch)
             .arg(sku_no)
             .arg(reason)
             .arg(CONSUMER_GROUP);
         let reply = Reply(invocation.invoke_async(&mut self.conn.clone()).await?);
-        let figures = |reply: &Reply| -> Result<GateSku, GateError> {
-            Ok(GateSku {
-                on_hand: reply.int(1)?,
-                held: reply.int(2)?,
-                sold: reply.int(3)?,
+        let figures = |reply: &Reply| -> Result<SkuFigures, GateError> {
+            Ok(SkuFigures {
+                stock: Stock {
+                    on_hand: reply.int(1)?,
+                    held: reply.int(2)?,
+                    sold: reply.int(3)?,
+                },
                 per_customer_limit: reply.int(4)?,
                 hold_ttl_ms: reply.int(5)?,
                 max_extensions: reply.int(6)?,
@@ -359,7 +330,7 @@ impl Gate {
         })
     }
 
-    pub async fn sku(&self, sku: &SkuId) -> Result<Option<GateSku>, GateError> {
+    pub async fn sku(&self, sku: &SkuId) -> Result<Option<SkuFigures>, GateError> {
         let values: Vec<Option<i64>> = self
             .conn
             .clone()
@@ -370,10 +341,12 @@ impl Gate {
             .await?;
         Ok(match values.as_slice() {
             [Some(on_hand), Some(held), Some(sold), Some(limit), Some(ttl), Some(max_ext)] => {
-                Some(GateSku {
-                    on_hand: *on_hand,
-                    held: *held,
-                    sold: *sold,
+                Some(SkuFigures {
+                    stock: Stock {
+                        on_hand: *on_hand,
+                        held: *held,
+                        sold: *sold,
+                    },
                     per_customer_limit: *limit,
                     hold_ttl_ms: *ttl,
                     max_extensions: *max_ext,
@@ -396,6 +369,11 @@ impl Gate {
             return Ok(None);
         }
         reply::gate_hold(&Reply(values), 0).map(Some)
+    }
+
+    /// Holds in the SKU's expiry index: the gate's live holds.
+    pub async fn live_holds(&self, sku: &SkuId) -> Result<i64, GateError> {
+        Ok(self.conn.clone().zcard(self.keys.expiry(sku)).await?)
     }
 
     /// Records a SKU's number so hold ids resolve to it.
@@ -471,7 +449,7 @@ impl Gate {
         let reply: StreamRangeReply = self
             .conn
             .clone()
-            .xrange_count(self.keys.events(sku), after.after_bound(), end, count)
+            .xrange_count(self.keys.events(sku), after_bound(after), end, count)
             .await?;
         reply
             .ids
@@ -491,6 +469,16 @@ impl Gate {
     }
 }
 
+/// The XRANGE start bound for "everything after this position". Sequence
+/// -1 stands before `<epoch>-0`, the first id of an epoch.
+fn after_bound(after: Position) -> String {
+    if after.seq < 0 {
+        format!("{}-0", after.epoch)
+    } else {
+        format!("({}-{}", after.epoch, after.seq)
+    }
+}
+
 /// Time a script took, round trip included.
 fn record_script(script: &'static str, started: std::time::Instant) {
     metrics::histogram!("dropgate_redis_script_duration_seconds", "script" => script)
@@ -498,36 +486,6 @@ fn record_script(script: &'static str, started: std::time::Instant) {
 }
 
 pub(crate) use reply::event as parse_event;
-
-fn sold_out(retry_after_ms: i64) -> Admission {
-    Admission::SoldOut {
-        retry_after_ms: (retry_after_ms > 0).then_some(retry_after_ms),
-    }
-}
-
-/// Parses a stored idempotency record (fingerprint already stripped).
-fn parse_record(record: &str) -> Result<Admission, GateError> {
-    let parts: Vec<&str> = record.split('|').collect();
-    let int = |s: &str| {
-        s.parse::<i64>()
-            .map_err(|_| GateError::protocol(format!("bad idempotency record {record:?}")))
-    };
-    match parts.as_slice() {
-        ["H", hold_id, expires_at_ms] => Ok(Admission::Held {
-            hold_id: HoldId::parse(hold_id)
-                .ok_or_else(|| GateError::protocol("bad hold id in idempotency record"))?,
-            expires_at_ms: int(expires_at_ms)?,
-        }),
-        ["S", retry_after_ms] => Ok(sold_out(int(retry_after_ms)?)),
-        ["L", limit, already] => Ok(Admission::LimitExceeded {
-            limit: int(limit)?,
-            already: int(already)?,
-        }),
-        _ => Err(GateError::protocol(format!(
-            "bad idempotency record {record:?}"
-        ))),
-    }
-}
 
 impl Gate {
     /// The SKU's ledger number as the gate recorded it.
@@ -552,31 +510,6 @@ pub struct Snapshot {
     pub backlog: i64,
     /// The raw id, handed back to `repair` as the fence.
     fence: (i64, i64),
-}
-
-/// A live hold as the rebuild writes it into the gate.
-#[derive(Debug, Clone)]
-pub struct RebuiltHold {
-    pub hold_id: HoldId,
-    pub customer_id: String,
-    pub quantity: i64,
-    pub expires_at_ms: i64,
-    pub extensions: i64,
-    pub created_ms: i64,
-}
-
-/// Everything the gate keeps for one SKU, as the ledger knows it.
-#[derive(Debug, Clone)]
-pub struct RebuiltSku {
-    pub sku: SkuId,
-    pub sku_no: u32,
-    pub epoch: i64,
-    pub figures: GateSku,
-    pub holds: Vec<RebuiltHold>,
-    /// Units held or bought per customer.
-    pub customers: Vec<(String, i64)>,
-    /// Idempotency records still within their 24 h: (key, record, ttl ms).
-    pub idempotency: Vec<(String, String, i64)>,
 }
 
 impl Gate {
@@ -610,9 +543,11 @@ impl Gate {
         &self,
         sku: &SkuId,
         snapshot: &Snapshot,
-        on_hand: i64,
-        held: i64,
-        sold: i64,
+        Stock {
+            on_hand,
+            held,
+            sold,
+        }: Stock,
     ) -> Result<bool, GateError> {
         let fence = Position {
             epoch: snapshot.fence.0,
@@ -665,8 +600,9 @@ impl Gate {
 
     /// Writes one SKU as the ledger has it. The SKU's old keys go first; its
     /// stock hash comes last, so the SKU stays closed (admissions get 503)
-    /// until everything else is in place.
-    pub async fn rebuild_sku(&self, sku: &RebuiltSku) -> Result<(), GateError> {
+    /// until everything else is in place. `now_ms` dates the idempotency
+    /// records' remaining lifetime.
+    pub async fn rebuild_sku(&self, sku: &SkuSnapshot, now_ms: i64) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
         let k = &self.keys;
         let id = &sku.sku;
@@ -720,13 +656,15 @@ impl Gate {
             }
             let () = pipe.query_async(&mut conn).await?;
         }
-        for chunk in sku.idempotency.chunks(500) {
+        for chunk in sku.keys.chunks(500) {
             let mut pipe = redis::pipe();
-            for (key, record, ttl_ms) in chunk {
+            for admitted in chunk {
+                // The record lives out the rest of its window from admission.
+                let ttl_ms = admitted.created_ms + IDEMPOTENCY_TTL_MS - now_ms;
                 pipe.pset_ex(
-                    k.idempotency(id, key),
-                    record,
-                    u64::try_from(*ttl_ms).unwrap_or(1).max(1),
+                    k.idempotency(id, &admitted.key),
+                    encode_held(&admitted.fingerprint, admitted.hold_id, admitted.expires_at_ms),
+                    u64::try_from(ttl_ms).unwrap_or(1).max(1),
                 )
                 .ignore();
             }
@@ -745,9 +683,9 @@ impl Gate {
             .hset_multiple(
                 k.stock(id),
                 &[
-                    ("on_hand", f.on_hand),
-                    ("held", f.held),
-                    ("sold", f.sold),
+                    ("on_hand", f.stock.on_hand),
+                    ("held", f.stock.held),
+                    ("sold", f.stock.sold),
                     ("limit", f.per_customer_limit),
                     ("ttl_ms", f.hold_ttl_ms),
                     ("max_ext", f.max_extensions),

@@ -10,7 +10,7 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, Position, SkuId,
+    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, MovementKind, Position, SkuId,
 };
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -81,7 +81,7 @@ struct Movements {
 }
 
 struct Movement {
-    kind: &'static str,
+    kind: MovementKind,
     quantity_delta: i64,
     held_delta: i64,
     sold_delta: i64,
@@ -89,7 +89,7 @@ struct Movement {
 }
 
 impl Movement {
-    fn new(kind: &'static str) -> Self {
+    fn new(kind: MovementKind) -> Self {
         Self {
             kind,
             quantity_delta: 0,
@@ -110,7 +110,7 @@ impl Movements {
         self.event_id.push(event.event_id);
         self.sku.push(sku.to_owned());
         self.hold_id.push(event.change.hold_id().map(HoldId::uuid));
-        self.kind.push(movement.kind);
+        self.kind.push(movement.kind.as_str());
         self.quantity_delta.push(movement.quantity_delta);
         self.held_delta.push(movement.held_delta);
         self.sold_delta.push(movement.sold_delta);
@@ -132,12 +132,8 @@ impl Change {
     }
 }
 
-fn settle_kind(to: HoldState) -> &'static str {
-    match to {
-        HoldState::Confirmed => "confirm",
-        HoldState::Released => "release",
-        _ => "expire",
-    }
+fn settle_kind(to: HoldState) -> MovementKind {
+    MovementKind::settling(to).unwrap_or(MovementKind::Expire)
 }
 
 impl Ledger {
@@ -316,7 +312,7 @@ fn apply_one(
             fingerprint,
         } => {
             if holds.contains_key(&hold_id.uuid()) {
-                return Movement::new("admit").because("duplicate admit of a known hold".into());
+                return Movement::new(MovementKind::Admit).because("duplicate admit of a known hold".into());
             }
             let available = sku.on_hand - sku.held - sku.sold;
             let refused = available < *quantity;
@@ -346,14 +342,14 @@ fn apply_one(
                     hold_id: *hold_id,
                     quantity: *quantity,
                 });
-                return Movement::new("lost").because(format!(
+                return Movement::new(MovementKind::Lost).because(format!(
                     "ledger refused admit of {quantity}: {available} available"
                 ));
             }
             sku.held += quantity;
             Movement {
                 held_delta: *quantity,
-                ..Movement::new("admit")
+                ..Movement::new(MovementKind::Admit)
             }
         }
         Change::Settle { hold_id, to, .. } => {
@@ -385,10 +381,10 @@ fn apply_one(
             Some(hold) if hold.state == HoldState::Held => {
                 hold.expires_at_ms = *expires_at_ms;
                 hold.extensions += 1;
-                Movement::new("extend")
+                Movement::new(MovementKind::Extend)
             }
             _ => {
-                Movement::new("extend").because("hold not held in the ledger; nothing moved".into())
+                Movement::new(MovementKind::Extend).because("hold not held in the ledger; nothing moved".into())
             }
         },
         Change::Adjust {
@@ -403,7 +399,7 @@ fn apply_one(
             sku.max_extensions = *max_extensions;
             let on_hand = sku.on_hand + on_hand_delta;
             if on_hand < sku.held + sku.sold {
-                return Movement::new("adjustment").because(format!(
+                return Movement::new(MovementKind::Adjustment).because(format!(
                     "refused by the ledger ({on_hand} on hand < {} held + sold): {reason}",
                     sku.held + sku.sold
                 ));
@@ -411,7 +407,7 @@ fn apply_one(
             sku.on_hand = on_hand;
             Movement {
                 quantity_delta: *on_hand_delta,
-                ..Movement::new("adjustment")
+                ..Movement::new(MovementKind::Adjustment)
             }
             .because(reason.clone())
         }
