@@ -89,16 +89,42 @@ pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
         ));
     }
 
-    for sku in app.ledger.all_skus().await? {
+    let ledger_skus = app.ledger.all_skus().await?;
+    let known: std::collections::BTreeSet<&SkuId> = ledger_skus.iter().map(|s| &s.sku).collect();
+    for sku in app.gate.skus().await? {
+        if !known.contains(&sku) {
+            report
+                .breaches
+                .push(format!("the gate has SKU {sku}, the ledger does not"));
+        }
+    }
+    let dead_letters = app.ledger.open_dead_letters().await?;
+    if dead_letters > 0 {
+        report.breaches.push(format!(
+            "{dead_letters} events set aside as dead letters (dropgate dead-letters list)"
+        ));
+    }
+
+    for sku in ledger_skus {
+        let mut breaches = Vec::new();
+        // Compare at a fence; a SKU whose stream cannot be brought into the
+        // ledger is a breach of its own, and the audit goes on.
         let snapshot = app.gate.snapshot(&sku.sku).await?;
         if let Some(last) = snapshot.and_then(|s| s.last) {
-            app.flush(&sku.sku, Some(last)).await?;
+            if let Err(error) = app.flush(&sku.sku, Some(last)).await {
+                breaches.push(format!(
+                    "its events could not be brought into the ledger: {error}"
+                ));
+            }
         }
         let Some(checks) = app.ledger.sku_checks(&sku.sku).await? else {
             continue;
         };
-        let Stock { on_hand, held, sold } = checks.counters;
-        let mut breaches = Vec::new();
+        let Stock {
+            on_hand,
+            held,
+            sold,
+        } = checks.counters;
         if !checks.counters.is_consistent() {
             breaches.push(format!("held {held} + sold {sold} > on_hand {on_hand}"));
         }

@@ -38,6 +38,39 @@ pub enum Command {
     Skus(SkusConfig),
     /// Inspect holds, straight through the stores.
     Holds(HoldsConfig),
+    /// Inspect, retry or void events the ledger set aside.
+    DeadLetters(DeadLettersConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLettersConfig {
+    #[command(flatten)]
+    pub stores: StoreConfig,
+    #[command(subcommand)]
+    pub command: DeadLettersCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Dead letters as JSON lines, open ones first.
+    List {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Apply a dead letter now (its text with control characters escaped).
+    Retry {
+        event_id: uuid::Uuid,
+        /// Why; kept with the dead letter.
+        #[arg(long)]
+        note: String,
+    },
+    /// Never apply it; records a `reconcile` movement saying so.
+    Void {
+        event_id: uuid::Uuid,
+        /// Why; kept with the dead letter and in the movement.
+        #[arg(long)]
+        note: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -269,10 +302,12 @@ pub fn parse() -> Cli {
 fn parse_redis_down(value: &str) -> Result<String, String> {
     match value {
         "reject" => Ok(value.to_owned()),
-        "fallback" => Err("fallback was removed: Postgres cannot admit while the gate holds \
+        "fallback" => Err(
+            "fallback was removed: Postgres cannot admit while the gate holds \
                            admissions it has not committed without overselling or losing them; \
                            Redis down means 503 (see README)"
-            .into()),
+                .into(),
+        ),
         _ => Err("must be reject".into()),
     }
 }

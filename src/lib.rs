@@ -16,8 +16,8 @@
 //! * [`config`], [`telemetry`], [`startup`], [`limits`], [`dev`]: plumbing.
 
 pub mod app;
-pub mod clock;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod domain;

@@ -34,6 +34,10 @@ async fn main() -> ExitCode {
             dropgate::telemetry::init_logs_with("warn", false);
             dropgate::operator::holds(config).await
         }
+        Command::DeadLetters(config) => {
+            dropgate::telemetry::init_logs_with("warn", false);
+            dropgate::operator::dead_letters(config).await
+        }
         Command::Audit(config) => {
             dropgate::telemetry::init_logs_with("warn", false);
             return audit(config).await;

@@ -3,9 +3,12 @@
 //! so they work while the HTTP server is down or unreachable.
 
 use crate::app::{HoldOutcome, SkuOutcome};
-use crate::config::{HoldsCommand, HoldsConfig, SkusCommand, SkusConfig};
+use crate::config::{
+    DeadLettersCommand, DeadLettersConfig, HoldsCommand, HoldsConfig, SkusCommand, SkusConfig,
+};
 use crate::domain::{HoldId, SkuId, SkuSettings};
 use crate::http::{Hold, Sku};
+use crate::ledger::Resolution;
 use anyhow::{anyhow, bail};
 
 pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
@@ -81,5 +84,30 @@ pub async fn holds(config: HoldsConfig) -> anyhow::Result<()> {
                 _ => bail!("{hold_id}: no such hold"),
             }
         }
+    }
+}
+
+pub async fn dead_letters(config: DeadLettersConfig) -> anyhow::Result<()> {
+    let app = crate::startup::connect(&config.stores).await?;
+    let (event_id, resolution, note) = match config.command {
+        DeadLettersCommand::List { limit } => {
+            for letter in app.ledger.dead_letters(limit).await? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+            return Ok(());
+        }
+        DeadLettersCommand::Retry { event_id, note } => (event_id, Resolution::Retry, note),
+        DeadLettersCommand::Void { event_id, note } => (event_id, Resolution::Void, note),
+    };
+    match app
+        .ledger
+        .resolve_dead_letter(event_id, resolution, &note)
+        .await?
+    {
+        Some(outcome) => {
+            println!("{event_id}: {outcome}");
+            Ok(())
+        }
+        None => bail!("{event_id}: no open dead letter"),
     }
 }

@@ -40,8 +40,9 @@ impl Reaper {
         let mut expired = 0;
         for sku in gate.skus().await? {
             loop {
-                let (now_expired, still_due) =
-                    gate.expire_due(&sku, EXPIRE_BATCH, self.app.now_ms()).await?;
+                let (now_expired, still_due) = gate
+                    .expire_due(&sku, EXPIRE_BATCH, self.app.now_ms())
+                    .await?;
                 expired += now_expired;
                 if still_due == 0 || now_expired == 0 {
                     break;

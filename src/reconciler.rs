@@ -35,6 +35,8 @@ pub struct Drift {
 pub struct ReconcileReport {
     pub checked: usize,
     pub drift: Vec<Drift>,
+    /// SKUs that could not be checked this pass.
+    pub failed: Vec<SkuId>,
 }
 
 pub struct Reconciler {
@@ -62,6 +64,8 @@ impl Reconciler {
             .and_then(|at| *at)
             .is_some_and(|at| at.elapsed() < HOLD_COUNT_INTERVAL);
         if !counted_recently {
+            let open = self.app.ledger.open_dead_letters().await?;
+            metrics::gauge!("dropgate_ledger_dead_letters_open").set(open as f64);
             for (state, holds) in self.app.ledger.holds_by_state().await? {
                 metrics::gauge!("dropgate_holds", "state" => state).set(holds as f64);
             }
@@ -69,9 +73,18 @@ impl Reconciler {
                 *at = Some(std::time::Instant::now());
             }
         }
+        // Each SKU on its own: one that fails (a store error, a bad event)
+        // is reported and the pass goes on with the others.
         for sku in self.app.ledger.all_skus().await? {
-            if let Some(drift) = self.check(&sku.sku).await? {
-                report.drift.push(drift);
+            match self.check(&sku.sku).await {
+                Ok(Some(drift)) => report.drift.push(drift),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(sku = %sku.sku, %error, "reconciler could not check the SKU");
+                    metrics::counter!("dropgate_reconciler_errors_total").increment(1);
+                    report.failed.push(sku.sku.clone());
+                    continue;
+                }
             }
             report.checked += 1;
         }

@@ -13,7 +13,7 @@ use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
 use redis::AsyncCommands;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -196,7 +196,11 @@ impl Worker {
         for events in delivered.values_mut() {
             events.sort_by_key(|e| e.position);
         }
-        let report = self.apply_up_to(delivered).await?;
+        let (report, unknown) = self.apply_up_to(delivered).await?;
+        // An event leaves the stream only once the ledger has it: events of
+        // a SKU the ledger does not know stay pending.
+        self.app.set_unknown_skus(unknown.clone());
+        acks.retain(|key, _| keys.get(key).is_none_or(|sku| !unknown.contains(sku)));
 
         let mut conn = self.pool.get().await?;
         for (key, ids) in &acks {
@@ -217,15 +221,17 @@ impl Worker {
     /// The delivered events themselves are applied when they follow the
     /// ledger's position without a gap (positions within an epoch count up
     /// by one), which is the common case; otherwise the stream is read again.
+    /// Returns what was applied and the SKUs the ledger does not know.
     async fn apply_up_to(
         &self,
         mut delivered: BTreeMap<SkuId, Vec<Event>>,
-    ) -> Result<ApplyReport, WorkerError> {
+    ) -> Result<(ApplyReport, BTreeSet<SkuId>), WorkerError> {
         let targets: BTreeMap<SkuId, Position> = delivered
             .iter()
             .filter_map(|(sku, events)| Some((sku.clone(), events.last()?.position)))
             .collect();
         let mut total = ApplyReport::default();
+        let mut unknown = BTreeSet::new();
         let per_sku = (self.limits.batch_max_events / targets.len().max(1)).max(100);
         loop {
             let skus: Vec<SkuId> = targets.keys().cloned().collect();
@@ -233,6 +239,9 @@ impl Worker {
             let mut batch: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
             for (sku, target) in &targets {
                 let Some(from) = applied.get(sku).copied() else {
+                    if unknown.insert(sku.clone()) {
+                        tracing::error!(%sku, "events of a SKU the ledger does not know: not acknowledged");
+                    }
                     continue;
                 };
                 if from >= *target {
@@ -252,10 +261,17 @@ impl Worker {
                 }
             }
             if batch.is_empty() {
-                return Ok(total);
+                return Ok((total, unknown));
             }
             let started = Instant::now();
-            let report = self.app.ledger.apply(&batch).await?;
+            let report = match self.app.ledger.apply(&batch).await {
+                Ok(report) => report,
+                Err(error) if error.is_unavailable() => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "batch refused; applying SKU by SKU");
+                    self.apply_isolated(batch.clone()).await?
+                }
+            };
             metrics::histogram!("dropgate_worker_commit_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -270,10 +286,44 @@ impl Worker {
                 metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
             }
             self.app.applied(&report).await?;
-            total.applied += report.applied;
-            total.skipped += report.skipped;
-            total.lost.extend(report.lost);
+            total.merge(report);
         }
+    }
+
+    /// Applies a refused batch SKU by SKU, and a refused SKU event by event,
+    /// so one bad event stops neither its SKU nor the others: an event the
+    /// ledger refuses on its own is set aside as a dead letter.
+    async fn apply_isolated(
+        &self,
+        batch: BTreeMap<SkuId, Vec<Event>>,
+    ) -> Result<ApplyReport, WorkerError> {
+        let mut total = ApplyReport::default();
+        for (sku, events) in batch {
+            let whole = BTreeMap::from([(sku.clone(), events.clone())]);
+            match self.app.ledger.apply(&whole).await {
+                Ok(report) => total.merge(report),
+                Err(error) if error.is_unavailable() => return Err(error.into()),
+                Err(_) => {
+                    for event in events {
+                        let one = BTreeMap::from([(sku.clone(), vec![event.clone()])]);
+                        match self.app.ledger.apply(&one).await {
+                            Ok(report) => total.merge(report),
+                            Err(error) if error.is_unavailable() => return Err(error.into()),
+                            Err(error) => {
+                                let reason = error.to_string();
+                                if self.app.ledger.dead_letter(&sku, &event, &reason).await? {
+                                    metrics::counter!("dropgate_ledger_dead_letters_total")
+                                        .increment(1);
+                                    tracing::error!(%sku, event_id = %event.event_id, %reason,
+                                        "event set aside as a dead letter");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn refresh_skus(&mut self) -> Result<(), WorkerError> {

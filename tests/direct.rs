@@ -143,7 +143,13 @@ async fn while_redis_is_away_admissions_answer_503_and_nothing_is_admitted() {
     redis.restart();
     let ready = async {
         for _ in 0..100 {
-            let status = app.client.get(app.url("/readyz")).send().await.unwrap().status();
+            let status = app
+                .client
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status();
             if status == 200 {
                 return true;
             }
@@ -151,7 +157,10 @@ async fn while_redis_is_away_admissions_answer_503_and_nothing_is_admitted() {
         }
         false
     };
-    assert!(ready.await, "the reconciler rebuilt the gate from the ledger");
+    assert!(
+        ready.await,
+        "the reconciler rebuilt the gate from the ledger"
+    );
     let after = admit_all(&app, "drop", "c", 60).await;
     assert_eq!(held(&after), 40, "exactly the units left, none twice");
     let sku = app.sku("drop").await;

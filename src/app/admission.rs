@@ -6,6 +6,7 @@ use crate::domain::{
     fingerprint, time_from_ms, Admission, CustomerId, Hold, HoldId, HoldState, IdempotencyKey,
     Quantity, SkuId,
 };
+use crate::ledger::DirectAdmission;
 use uuid::Uuid;
 
 /// An admission as the API answers it.
@@ -29,15 +30,15 @@ impl Dropgate {
             AdmissionMode::Redis => self.admit_in_gate(sku, customer, quantity, key).await?,
             AdmissionMode::Postgres => {
                 self.ledger
-                    .admit_direct(
+                    .admit_direct(DirectAdmission {
                         sku,
                         customer,
                         quantity,
                         key,
-                        &fingerprint(customer, quantity),
-                        self.now_ms(),
-                        rand::random(),
-                    )
+                        fingerprint: &fingerprint(customer, quantity),
+                        now_ms: self.now_ms(),
+                        entropy: rand::random(),
+                    })
                     .await?
             }
         };
@@ -61,6 +62,9 @@ impl Dropgate {
         quantity: Quantity,
         key: &IdempotencyKey,
     ) -> Result<Admission, AppError> {
+        if self.is_unknown_to_ledger(sku) {
+            return Err(AppError::UnknownToLedger);
+        }
         let Some(sku_no) = self.sku_no(sku).await? else {
             // Unknown, or the gate lost its data: only the epoch tells.
             self.require_gate().await?;

@@ -164,9 +164,7 @@ impl Dropgate {
             }
             Transition::ExtensionLimit { .. } => HoldOutcome::ExtensionLimit,
             Transition::NoHold => {
-                return self
-                    .settled_elsewhere(hold_id, operation.target())
-                    .await;
+                return self.settled_elsewhere(hold_id, operation.target()).await;
             }
             Transition::Done { hold, .. } | Transition::Same { hold } => {
                 self.gate_view(hold_id, sku, &hold).await

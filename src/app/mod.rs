@@ -21,7 +21,7 @@ use crate::clock::SharedClock;
 use crate::domain::{time_from_ms, Hold, HoldId, SkuId};
 use crate::gate::{Gate, GateError, GateHold};
 use crate::ledger::{Ledger, LedgerError};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 pub use admission::Admitted;
@@ -49,6 +49,10 @@ pub enum AppError {
     /// The gate is being rebuilt from the ledger.
     #[error("the gate is not built")]
     GateNotBuilt,
+    /// The gate has the SKU but the ledger does not: nothing it admits
+    /// could be recorded, so it admits nothing.
+    #[error("the ledger does not know this SKU")]
+    UnknownToLedger,
 }
 
 impl AppError {
@@ -56,7 +60,7 @@ impl AppError {
     pub fn dependency(&self) -> &'static str {
         match self {
             Self::Gate(_) | Self::GateNotBuilt => "redis",
-            Self::Ledger(_) => "postgres",
+            Self::Ledger(_) | Self::UnknownToLedger => "postgres",
         }
     }
 }
@@ -76,6 +80,9 @@ pub struct Dropgate {
     /// Per SKU: the furthest stream position this process saw the ledger
     /// apply, behind a lock that queues concurrent flushes of the SKU.
     flushed: flush::FlushSlots,
+    /// SKUs whose events the worker found but the ledger does not know:
+    /// their events stay in the stream, and `/readyz` names them.
+    unknown_skus: Arc<RwLock<BTreeSet<SkuId>>>,
 }
 
 impl Dropgate {
@@ -88,7 +95,31 @@ impl Dropgate {
             replica_wait: None,
             admission: AdmissionMode::Redis,
             flushed: Arc::default(),
+            unknown_skus: Arc::default(),
         }
+    }
+
+    /// Records the SKUs the worker found unknown to the ledger (replacing
+    /// the last finding).
+    pub fn set_unknown_skus(&self, skus: BTreeSet<SkuId>) {
+        metrics::gauge!("dropgate_ledger_unknown_skus").set(skus.len() as f64);
+        if let Ok(mut unknown) = self.unknown_skus.write() {
+            *unknown = skus;
+        }
+    }
+
+    fn is_unknown_to_ledger(&self, sku: &SkuId) -> bool {
+        self.unknown_skus
+            .read()
+            .is_ok_and(|unknown| unknown.contains(sku))
+    }
+
+    /// SKUs the gate has events for but the ledger does not know.
+    pub fn unknown_skus(&self) -> Vec<SkuId> {
+        self.unknown_skus
+            .read()
+            .map(|unknown| unknown.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn with_admission(mut self, admission: AdmissionMode) -> Self {

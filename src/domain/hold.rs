@@ -59,9 +59,19 @@ impl Serialize for HoldId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for HoldId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Uuid::try_parse(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// `held` until confirmed, released, expired (its TTL passed) or lost (the
 /// gate lost it before the ledger had it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HoldState {
     Held,
     Confirmed,

@@ -58,7 +58,12 @@ mod tests {
                 expires_at_ms: 42
             }))
         );
-        assert_eq!(decode_outcome("S|0"), Some(Admission::SoldOut { retry_after_ms: None }));
+        assert_eq!(
+            decode_outcome("S|0"),
+            Some(Admission::SoldOut {
+                retry_after_ms: None
+            })
+        );
         assert_eq!(decode_outcome("H|not-a-uuid|1"), None);
     }
 

@@ -57,6 +57,11 @@ impl Keys {
         format!("{}:gate", self.prefix)
     }
 
+    /// The id of the ledger the gate was built from.
+    pub fn gate_ledger(&self) -> String {
+        format!("{}:gate:ledger", self.prefix)
+    }
+
     /// Every key of this deployment, for tests and tools that clean up.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.prefix)

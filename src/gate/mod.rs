@@ -10,8 +10,9 @@ pub use keys::Keys;
 pub use reply::GateHold;
 
 use crate::domain::{
-    decode_outcome, encode_held, Admission, CustomerId, Event, HoldId, HoldTransition, IdempotencyKey, Position,
-    Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot, Stock, IDEMPOTENCY_TTL_MS,
+    decode_outcome, encode_held, Admission, CustomerId, Event, HoldId, HoldTransition,
+    IdempotencyKey, Position, Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot, Stock,
+    IDEMPOTENCY_TTL_MS,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
@@ -432,8 +433,38 @@ impl Gate {
         Ok(self.conn.clone().get(self.keys.gate()).await?)
     }
 
-    pub async fn set_epoch(&self, epoch: i64) -> Result<(), GateError> {
-        let () = self.conn.clone().set(self.keys.gate(), epoch).await?;
+    /// The ledger the gate was built from, as recorded by [`Gate::set_built`].
+    pub async fn built_from(&self) -> Result<Option<Uuid>, GateError> {
+        let id: Option<String> = self.conn.clone().get(self.keys.gate_ledger()).await?;
+        Ok(id.and_then(|id| Uuid::try_parse(&id).ok()))
+    }
+
+    /// Marks the gate built at `epoch` from the ledger `ledger_id`. The
+    /// epoch key goes last: it is what says "built".
+    pub async fn set_built(&self, epoch: i64, ledger_id: Uuid) -> Result<(), GateError> {
+        let () = redis::pipe()
+            .atomic()
+            .set(self.keys.gate_ledger(), ledger_id.to_string())
+            .ignore()
+            .set(self.keys.gate(), epoch)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Removes every key of a SKU and its registry entry: for a SKU the
+    /// gate has but the ledger it is rebuilt from does not.
+    pub async fn drop_sku(&self, sku: &SkuId) -> Result<(), GateError> {
+        let mut conn = self.conn.clone();
+        let () = conn.del(self.keys.stock(sku)).await?;
+        self.unlink_sku_keys(sku).await?;
+        let names: HashMap<u32, String> = conn.hgetall(self.keys.registry()).await?;
+        for (no, name) in names {
+            if name == sku.as_str() {
+                let () = conn.hdel(self.keys.registry(), no).await?;
+            }
+        }
         Ok(())
     }
 
@@ -592,21 +623,10 @@ impl Gate {
             .await?)
     }
 
-    /// Deletes the gate epoch key: the gate counts as lost and is rebuilt.
-    pub async fn forget_epoch(&self) -> Result<(), GateError> {
-        let () = self.conn.clone().del(self.keys.gate()).await?;
-        Ok(())
-    }
-
-    /// Writes one SKU as the ledger has it. The SKU's old keys go first; its
-    /// stock hash comes last, so the SKU stays closed (admissions get 503)
-    /// until everything else is in place. `now_ms` dates the idempotency
-    /// records' remaining lifetime.
-    pub async fn rebuild_sku(&self, sku: &SkuSnapshot, now_ms: i64) -> Result<(), GateError> {
+    /// Unlinks every key under the SKU's hash tag.
+    async fn unlink_sku_keys(&self, sku: &SkuId) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
-        let k = &self.keys;
-        let id = &sku.sku;
-        let pattern = format!("{}*", k.base(id));
+        let pattern = format!("{}*", self.keys.base(sku));
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -628,6 +648,18 @@ impl Gate {
             }
             cursor = next;
         }
+        Ok(())
+    }
+
+    /// Writes one SKU as the ledger has it. The SKU's old keys go first; its
+    /// stock hash comes last, so the SKU stays closed (admissions get 503)
+    /// until everything else is in place. `now_ms` dates the idempotency
+    /// records' remaining lifetime.
+    pub async fn rebuild_sku(&self, sku: &SkuSnapshot, now_ms: i64) -> Result<(), GateError> {
+        self.unlink_sku_keys(&sku.sku).await?;
+        let mut conn = self.conn.clone();
+        let k = &self.keys;
+        let id = &sku.sku;
         for chunk in sku.holds.chunks(500) {
             let mut pipe = redis::pipe();
             for h in chunk {
@@ -663,7 +695,11 @@ impl Gate {
                 let ttl_ms = admitted.created_ms + IDEMPOTENCY_TTL_MS - now_ms;
                 pipe.pset_ex(
                     k.idempotency(id, &admitted.key),
-                    encode_held(&admitted.fingerprint, admitted.hold_id, admitted.expires_at_ms),
+                    encode_held(
+                        &admitted.fingerprint,
+                        admitted.hold_id,
+                        admitted.expires_at_ms,
+                    ),
                     u64::try_from(ttl_ms).unwrap_or(1).max(1),
                 )
                 .ignore();

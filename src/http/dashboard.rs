@@ -5,8 +5,8 @@
 //! operations endpoints: it reveals only figures.
 
 use super::AppState;
-use crate::domain::SkuId;
 use crate::domain::SkuFigures as Figures;
+use crate::domain::SkuId;
 use crate::gate::Gate;
 use crate::ledger::LedgerSku;
 use axum::extract::State;

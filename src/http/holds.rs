@@ -5,13 +5,13 @@ use super::extract::{validated, HoldPath, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
 use crate::domain::{self, Admission, CustomerId, IdempotencyKey, Quantity};
-use serde::Serialize;
 use crate::limits::retry_after_seconds;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use std::time::Instant;
 use utoipa::ToSchema;
 

@@ -168,9 +168,7 @@ pub(super) async fn adjust(
     }
     let (delta, reason) = validated(delta.zip(reason), errors)?;
     match state.app.adjust_sku(&sku, delta, &reason).await? {
-        SkuOutcome::Updated(sku) => {
-            Ok((StatusCode::CREATED, Json(Sku::from(sku))).into_response())
-        }
+        SkuOutcome::Updated(sku) => Ok((StatusCode::CREATED, Json(Sku::from(sku))).into_response()),
         other => answer(other),
     }
 }

@@ -28,6 +28,15 @@ pub struct ApplyReport {
     pub lost: Vec<LostHold>,
 }
 
+impl ApplyReport {
+    /// Adds another apply's figures to these.
+    pub fn merge(&mut self, other: ApplyReport) {
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+        self.lost.extend(other.lost);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostHold {
     pub sku: SkuId,
@@ -143,6 +152,25 @@ impl Ledger {
         &self,
         batch: &BTreeMap<SkuId, Vec<Event>>,
     ) -> Result<ApplyReport, LedgerError> {
+        self.apply_fenced(batch, true).await
+    }
+
+    /// Applies events whatever their stream position, leaving every SKU's
+    /// applied position where it is: for a dead letter an operator retries
+    /// after the events that followed it were applied. Event ids still make
+    /// it exactly once.
+    pub(super) async fn apply_out_of_order(
+        &self,
+        batch: &BTreeMap<SkuId, Vec<Event>>,
+    ) -> Result<ApplyReport, LedgerError> {
+        self.apply_fenced(batch, false).await
+    }
+
+    async fn apply_fenced(
+        &self,
+        batch: &BTreeMap<SkuId, Vec<Event>>,
+        by_position: bool,
+    ) -> Result<ApplyReport, LedgerError> {
         let mut report = ApplyReport::default();
         if batch.values().all(Vec::is_empty) {
             return Ok(report);
@@ -227,11 +255,13 @@ impl Ledger {
             for event in events {
                 // Older epochs are fenced off: those events were written by a
                 // gate since rebuilt from this ledger, which never had them.
-                if event.position <= sku.applied {
-                    report.skipped += 1;
-                    continue;
+                if by_position {
+                    if event.position <= sku.applied {
+                        report.skipped += 1;
+                        continue;
+                    }
+                    sku.applied = event.position;
                 }
-                sku.applied = event.position;
                 if recorded.contains(&event.event_id) || !seen.insert(event.event_id) {
                     tracing::warn!(sku = %id, event_id = %event.event_id, "duplicate event skipped");
                     report.skipped += 1;
@@ -312,7 +342,8 @@ fn apply_one(
             fingerprint,
         } => {
             if holds.contains_key(&hold_id.uuid()) {
-                return Movement::new(MovementKind::Admit).because("duplicate admit of a known hold".into());
+                return Movement::new(MovementKind::Admit)
+                    .because("duplicate admit of a known hold".into());
             }
             let available = sku.on_hand - sku.held - sku.sold;
             let refused = available < *quantity;
@@ -383,9 +414,8 @@ fn apply_one(
                 hold.extensions += 1;
                 Movement::new(MovementKind::Extend)
             }
-            _ => {
-                Movement::new(MovementKind::Extend).because("hold not held in the ledger; nothing moved".into())
-            }
+            _ => Movement::new(MovementKind::Extend)
+                .because("hold not held in the ledger; nothing moved".into()),
         },
         Change::Adjust {
             on_hand_delta,

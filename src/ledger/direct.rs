@@ -29,17 +29,32 @@ pub enum DirectTransition {
     NoHold,
 }
 
+/// One Postgres-direct admission, as the service layer asks for it.
+pub struct DirectAdmission<'a> {
+    pub sku: &'a SkuId,
+    pub customer: &'a CustomerId,
+    pub quantity: Quantity,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: &'a str,
+    pub now_ms: i64,
+    /// Random bytes for the hold id.
+    pub entropy: [u8; 16],
+}
+
 impl Ledger {
     pub async fn admit_direct(
         &self,
-        sku: &SkuId,
-        customer: &CustomerId,
-        quantity: Quantity,
-        key: &IdempotencyKey,
-        fingerprint: &str,
-        now_ms: i64,
-        entropy: [u8; 16],
+        request: DirectAdmission<'_>,
     ) -> Result<Admission, LedgerError> {
+        let DirectAdmission {
+            sku,
+            customer,
+            quantity,
+            key,
+            fingerprint,
+            now_ms,
+            entropy,
+        } = request;
         let q = i64::from(quantity.get());
         let mut tx = self.pool.begin().await?;
         let taken = sqlx::query(

@@ -55,12 +55,15 @@ impl From<AdmittedKeyRow> for AdmittedKey {
 
 impl Ledger {
     /// Starts a new gate epoch; every event of an older one is fenced off.
-    pub async fn start_epoch(&self, reason: &str) -> Result<i64, LedgerError> {
+    /// The new epoch is above `above` too: a gate left by another ledger may
+    /// have counted further, and its events must stay fenced off.
+    pub async fn start_epoch(&self, reason: &str, above: i64) -> Result<i64, LedgerError> {
         Ok(sqlx::query_scalar(
             "INSERT INTO gate_epochs (epoch, reason)
-             SELECT coalesce(max(epoch), 0) + 1, $1 FROM gate_epochs RETURNING epoch",
+             SELECT greatest(coalesce(max(epoch), 0), $2) + 1, $1 FROM gate_epochs RETURNING epoch",
         )
         .bind(reason)
+        .bind(above)
         .fetch_one(&self.pool)
         .await?)
     }

@@ -4,12 +4,14 @@
 
 mod apply;
 mod checks;
+mod dead_letters;
 mod direct;
 mod gate_source;
 
 pub use apply::{ApplyReport, LostHold};
 pub use checks::{LedgerChecks, SkuChecks};
-pub use direct::DirectTransition;
+pub use dead_letters::{DeadLetter, Resolution};
+pub use direct::{DirectAdmission, DirectTransition};
 
 use crate::domain::{HoldId, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock};
 use sqlx::migrate::MigrateDatabase;
@@ -245,6 +247,13 @@ impl Ledger {
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// This ledger's identity, created by the migrations.
+    pub async fn ledger_id(&self) -> Result<Uuid, LedgerError> {
+        Ok(sqlx::query_scalar("SELECT ledger_id FROM ledger_identity")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The newest gate epoch the ledger knows of.
