@@ -2,11 +2,11 @@
 //! Postgres for the Postgres-direct peer.
 
 use super::{AdmissionMode, AppError, Dropgate};
+use crate::gate::Admit;
 use crate::domain::{
     fingerprint, time_from_ms, Admission, CustomerId, Hold, HoldId, HoldState, IdempotencyKey,
     Quantity, SkuId,
 };
-use uuid::Uuid;
 
 /// An admission as the API answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,19 +68,20 @@ impl Dropgate {
         };
         let now = self.now_ms();
         let hold_id = HoldId::new(sku_no, now, rand::random());
+        let request = Admit::new(
+            sku.clone(),
+            hold_id,
+            customer.clone(),
+            quantity,
+            key.clone(),
+            now,
+        );
         let outcome = self
             .gate
-            .admit(
-                sku,
-                hold_id,
-                Uuid::new_v4(),
-                customer,
-                quantity,
-                key,
-                &fingerprint(customer, quantity),
-                now,
-            )
-            .await?;
+            .admit(&request)
+            .await?
+            .open()
+            .ok_or(AppError::GateNotBuilt)?;
         if outcome == Admission::UnknownSku {
             self.require_gate().await?;
         }
