@@ -236,8 +236,7 @@ async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
         HoldId::new(SKU_NO, now, *Uuid::new_v4().as_bytes()),
         CustomerId::parse(&format!("c-{n}")).map_err(|e| anyhow!("{e}"))?,
         Quantity::parse(1).map_err(|e| anyhow!("{e}"))?,
-        IdempotencyKey::parse(&Uuid::new_v4().simple().to_string())
-            .map_err(|e| anyhow!("{e}"))?,
+        IdempotencyKey::parse(&Uuid::new_v4().simple().to_string()).map_err(|e| anyhow!("{e}"))?,
         now,
     );
     let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;
@@ -350,7 +349,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]

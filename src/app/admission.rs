@@ -2,11 +2,11 @@
 //! Postgres for the Postgres-direct peer.
 
 use super::{AdmissionMode, AppError, Dropgate};
-use crate::gate::Admit;
 use crate::domain::{
     fingerprint, time_from_ms, Admission, CustomerId, Hold, HoldId, HoldState, IdempotencyKey,
     Quantity, SkuId,
 };
+use crate::gate::Admit;
 
 /// An admission as the API answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -185,7 +185,10 @@ impl Gate {
         match operation {
             HoldTransition::Confirm => self.settle(&settle(Settlement::Confirm)).await,
             HoldTransition::Release => self.settle(&settle(Settlement::Release)).await,
-            HoldTransition::Extend => self.extend(&Extend::new(sku.clone(), hold_id, now_ms)).await,
+            HoldTransition::Extend => {
+                self.extend(&Extend::new(sku.clone(), hold_id, now_ms))
+                    .await
+            }
             HoldTransition::Expire | HoldTransition::Lose => Err(GateError::protocol(format!(
                 "{} is not a client operation",
                 operation.as_str()
@@ -337,8 +340,7 @@ impl Gate {
 
     /// Every SKU the gate knows, sorted by id.
     pub async fn skus(&self) -> Result<Vec<SkuId>, GateError> {
-        let names: HashMap<u32, String> =
-            self.conn.clone().hgetall(self.keys().registry()).await?;
+        let names: HashMap<u32, String> = self.conn.clone().hgetall(self.keys().registry()).await?;
         let mut skus: Vec<SkuId> = names
             .into_iter()
             .filter_map(|(no, name)| {

@@ -108,7 +108,11 @@ impl Gate {
                 let ttl_ms = admitted.created_ms + IDEMPOTENCY_TTL_MS - now_ms;
                 pipe.pset_ex(
                     k.idempotency(id, &admitted.key),
-                    encode_held(&admitted.fingerprint, admitted.hold_id, admitted.expires_at_ms),
+                    encode_held(
+                        &admitted.fingerprint,
+                        admitted.hold_id,
+                        admitted.expires_at_ms,
+                    ),
                     u64::try_from(ttl_ms).unwrap_or(1).max(1),
                 )
                 .ignore();

@@ -36,7 +36,7 @@ impl Fields {
         let Value::Array(items) = reply else {
             return Err(bad());
         };
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(bad());
         }
         let mut values = HashMap::with_capacity(items.len() / 2);
@@ -48,7 +48,10 @@ impl Fields {
     }
 
     fn missing(&self, name: &str, what: &str) -> GateError {
-        GateError::protocol(format!("{}: reply field {name:?} is not {what}", self.script))
+        GateError::protocol(format!(
+            "{}: reply field {name:?} is not {what}",
+            self.script
+        ))
     }
 
     pub(super) fn outcome(&self) -> Result<String, GateError> {

@@ -83,15 +83,22 @@ impl Script for Settle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
     /// Changed now; the event sits at `position`.
-    Done { hold: GateHold, position: Position },
+    Done {
+        hold: GateHold,
+        position: Position,
+    },
     /// Already in the state asked for.
-    Same { hold: GateHold },
+    Same {
+        hold: GateHold,
+    },
     /// In another state (possibly just expired, then `position` is set).
     Conflict {
         hold: GateHold,
         position: Option<Position>,
     },
-    ExtensionLimit { hold: GateHold },
+    ExtensionLimit {
+        hold: GateHold,
+    },
     NoHold,
 }
 

@@ -159,9 +159,9 @@ impl Consumer {
             .await?;
         let mut deliveries = Vec::new();
         for stream in reply.map(|r| r.keys).unwrap_or_default() {
-            let sku = streams
-                .get(&stream.key)
-                .ok_or_else(|| GateError::protocol(format!("read an unasked stream {}", stream.key)))?;
+            let sku = streams.get(&stream.key).ok_or_else(|| {
+                GateError::protocol(format!("read an unasked stream {}", stream.key))
+            })?;
             for entry in &stream.ids {
                 deliveries.push(delivery((*sku).clone(), entry)?);
             }
