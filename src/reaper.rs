@@ -4,6 +4,7 @@
 //! reaper race safely because each settles a hold only while it is `held`.
 
 use crate::app::{AdmissionMode, AppError, Dropgate};
+use crate::gate::{Expire, Expired, Fenced};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -40,9 +41,16 @@ impl Reaper {
         let mut expired = 0;
         for sku in gate.skus().await? {
             loop {
-                let (now_expired, still_due) = gate
-                    .expire_due(&sku, EXPIRE_BATCH, self.app.now_ms())
-                    .await?;
+                let batch = Expire::new(sku.clone(), EXPIRE_BATCH, self.app.now_ms());
+                // A SKU closed for a rebuild comes back with its holds as the
+                // ledger has them; the next tick expires those.
+                let Fenced::Open(Expired {
+                    expired: now_expired,
+                    still_due,
+                }) = gate.expire(&batch).await?
+                else {
+                    break;
+                };
                 expired += now_expired;
                 if still_due == 0 || now_expired == 0 {
                     break;

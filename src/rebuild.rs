@@ -68,13 +68,16 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
         tracing::warn!(epoch, skus = skus.len(), "{reason}");
     }
     for sku in &skus {
-        // When only part of Redis was lost, whatever the stream still holds
-        // goes to the ledger first, so the rebuild loses nothing it had. A
-        // foreign gate's events are not this ledger's: never applied.
+        // Closed first: from here no script changes the SKU, so its stream
+        // holds every event it will ever have. When only part of Redis was
+        // lost, the flush takes what the stream still holds to the ledger,
+        // and the snapshot after it misses nothing. Should the flush fail,
+        // the rebuild stops here: the SKU stays closed (503) and the stream
+        // intact, and the next attempt starts over. A foreign gate's events
+        // are not this ledger's: never applied.
+        app.gate.close_sku(&sku.sku).await?;
         if stale == Stale::Missing {
-            if let Err(error) = app.flush(&sku.sku, None).await {
-                tracing::debug!(sku = %sku.sku, %error, "no stream to flush before the rebuild");
-            }
+            app.flush(&sku.sku, None).await?;
         }
         let snapshot = app.ledger.snapshot_for_epoch(&sku.sku, epoch).await?;
         app.gate.rebuild_sku(&snapshot, app.now_ms()).await?;

@@ -8,6 +8,7 @@
 
 use crate::app::{AppError, Dropgate};
 use crate::domain::{HoldState, SkuId};
+use crate::gate::Fenced;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -161,7 +162,8 @@ impl Reconciler {
             .app
             .gate
             .repair(sku, &snapshot, ledger.figures.stock)
-            .await?;
+            .await?
+            == Fenced::Open(true);
         if repaired {
             let reason = format!(
                 "gate had on_hand {} held {} sold {}; set to the ledger's on_hand {} held {} sold {}",

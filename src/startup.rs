@@ -79,11 +79,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = Vec::new();
         if !self.config.no_worker {
-            let worker = Worker::new(
-                self.state.app.clone(),
-                &self.config.stores.redis_url,
-                WorkerLimits::default(),
-            )?;
+            let worker = Worker::new(self.state.app.clone(), WorkerLimits::default())?;
             background.push(tokio::spawn(worker.run(stop_rx.clone())));
         }
         if !self.config.no_reaper {
@@ -216,11 +212,7 @@ pub async fn run_worker(
     stores: crate::config::StoreConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let worker = Worker::new(
-        connect(&stores).await?,
-        &stores.redis_url,
-        WorkerLimits::default(),
-    )?;
+    let worker = Worker::new(connect(&stores).await?, WorkerLimits::default())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(worker.run(stop_rx));
     shutdown.await;

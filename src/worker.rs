@@ -7,13 +7,9 @@
 
 use crate::app::Dropgate;
 use crate::domain::{Event, Position, SkuId};
-use crate::gate::{parse_event, CONSUMER_GROUP};
+use crate::gate::{Consumer, Delivery};
 use crate::ledger::ApplyReport;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
-};
-use redis::AsyncCommands;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -44,10 +40,6 @@ impl Default for WorkerLimits {
 pub enum WorkerError {
     #[error(transparent)]
     App(#[from] crate::app::AppError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 impl From<crate::gate::GateError> for WorkerError {
@@ -64,10 +56,10 @@ impl From<crate::ledger::LedgerError> for WorkerError {
 
 pub struct Worker {
     app: Dropgate,
-    /// Blocking stream reads get their own connections, off the hot path's
-    /// multiplexed one (a blocked read would stall the pipeline behind it).
-    pool: deadpool_redis::Pool,
-    consumer: String,
+    /// Our member of the group, reading on a connection of its own, off the
+    /// hot path's multiplexed one (a blocked read would stall the pipeline
+    /// behind it).
+    consumer: Consumer,
     limits: WorkerLimits,
     skus: Vec<SkuId>,
     skus_read_at: Option<Instant>,
@@ -75,24 +67,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(app: Dropgate, redis_url: &str, limits: WorkerLimits) -> Result<Self, WorkerError> {
-        let pool = deadpool_redis::Config::from_url(redis_url)
-            .builder()
-            .map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Client, "pool config", e.to_string()))
-            })?
-            .max_size(2)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(2)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Client, "pool build", e.to_string()))
-            })?;
-        let consumer = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    pub fn new(app: Dropgate, limits: WorkerLimits) -> Result<Self, WorkerError> {
+        let consumer = app
+            .gate
+            .consumer(&format!("worker-{}", uuid::Uuid::new_v4().simple()))?;
         Ok(Self {
             app,
-            pool,
             consumer,
             limits,
             skus: Vec::new(),
@@ -104,7 +84,7 @@ impl Worker {
     /// Runs until `stop` turns true, backing off (capped) while a store is away.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
-        tracing::info!(consumer = %self.consumer, "commit worker started");
+        tracing::info!(consumer = self.consumer.name(), "commit worker started");
         while !*stop.borrow() {
             match self.run_once().await {
                 Ok(_) => backoff = Duration::from_millis(50),
@@ -119,7 +99,7 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(consumer = %self.consumer, "commit worker stopped");
+        tracing::info!(consumer = self.consumer.name(), "commit worker stopped");
     }
 
     /// One batch: claim what dead consumers left (now and then), else read
@@ -130,51 +110,31 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(self.limits.read_block_ms as u64)).await;
             return Ok(ApplyReport::default());
         }
-        let mut conn = self.pool.get().await?;
-        let keys: HashMap<String, SkuId> = self
-            .skus
-            .iter()
-            .map(|sku| (self.app.gate.keys().events(sku), sku.clone()))
-            .collect();
 
-        let mut entries: Vec<(String, StreamId)> = Vec::new();
+        let mut entries: Vec<Delivery> = Vec::new();
         let claim_due = self.claimed_at.is_none_or(|at| {
             at.elapsed() >= Duration::from_millis(self.limits.claim_idle_ms as u64 / 2)
         });
         if claim_due {
             // Our own pending entries count too: a batch that failed to
             // commit is retried from here after the idle time.
-            for key in keys.keys() {
-                let reply: StreamAutoClaimReply = conn
-                    .xautoclaim_options(
-                        key,
-                        CONSUMER_GROUP,
-                        &self.consumer,
-                        self.limits.claim_idle_ms,
-                        "0-0",
-                        StreamAutoClaimOptions::default().count(self.limits.batch_max_events),
-                    )
-                    .await?;
-                entries.extend(reply.claimed.into_iter().map(|e| (key.clone(), e)));
-            }
+            entries = self
+                .consumer
+                .claim_idle(
+                    &self.skus,
+                    self.limits.claim_idle_ms,
+                    self.limits.batch_max_events,
+                )
+                .await?;
             self.claimed_at = Some(Instant::now());
         }
         if entries.is_empty() {
-            let stream_keys: Vec<&String> = keys.keys().collect();
-            let ids: Vec<&str> = vec![">"; stream_keys.len()];
-            let per_stream = (self.limits.batch_max_events / stream_keys.len()).max(1);
-            let options = StreamReadOptions::default()
-                .group(CONSUMER_GROUP, &self.consumer)
-                .count(per_stream)
-                .block(self.limits.read_block_ms);
-            let reply: Option<StreamReadReply> =
-                conn.xread_options(&stream_keys, &ids, &options).await?;
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let key = stream.key;
-                entries.extend(stream.ids.into_iter().map(|e| (key.clone(), e)));
-            }
+            let per_stream = (self.limits.batch_max_events / self.skus.len()).max(1);
+            entries = self
+                .consumer
+                .read_new(&self.skus, per_stream, self.limits.read_block_ms)
+                .await?;
         }
-        drop(conn);
         if entries.is_empty() {
             return Ok(ApplyReport::default());
         }
@@ -184,14 +144,14 @@ impl Worker {
         // A dead consumer's claimed entries can arrive after newer ones were
         // applied, so applying deliveries as they come could leave a gap.
         let mut delivered: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
-        let mut acks: HashMap<String, Vec<String>> = HashMap::new();
-        for (key, entry) in &entries {
-            let Some(sku) = keys.get(key) else { continue };
-            match parse_event(&entry.id, &entry.map) {
+        let mut acks: BTreeMap<SkuId, Vec<Position>> = BTreeMap::new();
+        for entry in entries {
+            let (sku, id) = (entry.sku, entry.position.stream_id());
+            match entry.event {
                 Ok(event) => delivered.entry(sku.clone()).or_default().push(event),
-                Err(error) => tracing::error!(%sku, id = %entry.id, %error, "unreadable event"),
+                Err(error) => tracing::error!(%sku, %id, %error, "unreadable event"),
             }
-            acks.entry(key.clone()).or_default().push(entry.id.clone());
+            acks.entry(sku).or_default().push(entry.position);
         }
         for events in delivered.values_mut() {
             events.sort_by_key(|e| e.position);
@@ -200,17 +160,13 @@ impl Worker {
         // An event leaves the stream only once the ledger has it: events of
         // a SKU the ledger does not know stay pending.
         self.app.set_unknown_skus(unknown.clone());
-        acks.retain(|key, _| keys.get(key).is_none_or(|sku| !unknown.contains(sku)));
+        acks.retain(|sku, _| !unknown.contains(sku));
 
-        let mut conn = self.pool.get().await?;
-        for (key, ids) in &acks {
-            let _: u64 = conn.xack(key, CONSUMER_GROUP, ids).await?;
+        for (sku, positions) in &acks {
+            self.consumer.ack(sku, positions).await?;
         }
-        drop(conn);
-        for (key, sku) in &keys {
-            if acks.contains_key(key) {
-                self.app.gate.trim_events(sku).await?;
-            }
+        for sku in acks.keys() {
+            self.app.gate.trim_events(sku).await?;
         }
         Ok(report)
     }

@@ -6,8 +6,8 @@ use crate::domain::{
     fingerprint, time_from_ms, Admission, CustomerId, Hold, HoldId, HoldState, IdempotencyKey,
     Quantity, SkuId,
 };
+use crate::gate::Admit;
 use crate::ledger::DirectAdmission;
-use uuid::Uuid;
 
 /// An admission as the API answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,19 +72,20 @@ impl Dropgate {
         };
         let now = self.now_ms();
         let hold_id = HoldId::new(sku_no, now, rand::random());
+        let request = Admit::new(
+            sku.clone(),
+            hold_id,
+            customer.clone(),
+            quantity,
+            key.clone(),
+            now,
+        );
         let outcome = self
             .gate
-            .admit(
-                sku,
-                hold_id,
-                Uuid::new_v4(),
-                customer,
-                quantity,
-                key,
-                &fingerprint(customer, quantity),
-                now,
-            )
-            .await?;
+            .admit(&request)
+            .await?
+            .open()
+            .ok_or(AppError::GateNotBuilt)?;
         if outcome == Admission::UnknownSku {
             self.require_gate().await?;
         }

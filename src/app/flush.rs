@@ -74,7 +74,7 @@ impl Dropgate {
         metrics::counter!("dropgate_ledger_holds_lost_total").increment(report.lost.len() as u64);
         for lost in &report.lost {
             let was = self.gate.lose(&lost.sku, lost.hold_id).await?;
-            tracing::error!(sku = %lost.sku, hold_id = %lost.hold_id, quantity = lost.quantity, was = %was,
+            tracing::error!(sku = %lost.sku, hold_id = %lost.hold_id, quantity = lost.quantity, was = ?was,
                 "the ledger refused an admission: hold is lost");
         }
         Ok(())

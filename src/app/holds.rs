@@ -126,7 +126,9 @@ impl Dropgate {
         let transition = self
             .gate
             .transition(&sku, hold_id, operation, self.now_ms())
-            .await?;
+            .await?
+            .open()
+            .ok_or(AppError::GateNotBuilt)?;
         Ok(Ok((sku, transition)))
     }
 

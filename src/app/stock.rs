@@ -2,7 +2,7 @@
 
 use super::{AdmissionMode, AppError, Dropgate};
 use crate::domain::{Sku, SkuId, SkuSettings};
-use crate::gate::{SkuChange, StockChange};
+use crate::gate::{SetSku, SkuChange, StockChange};
 
 /// The result of a stock change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,16 +72,19 @@ impl Dropgate {
         let sku_no = self.ledger.ensure_sku(sku, &settings).await?;
         self.gate.register_sku(sku_no, sku).await?;
         let reason = format!("on_hand set to {} by PUT", settings.on_hand);
+        let change = SetSku::new(
+            sku.clone(),
+            StockChange::Put { settings, sku_no },
+            &reason,
+            epoch,
+            self.now_ms(),
+        );
         let change = self
             .gate
-            .change_stock(
-                sku,
-                StockChange::Put { settings, sku_no },
-                &reason,
-                epoch,
-                self.now_ms(),
-            )
-            .await?;
+            .set_sku(&change)
+            .await?
+            .open()
+            .ok_or(AppError::GateNotBuilt)?;
         self.finish_stock_change(sku, change).await
     }
 
@@ -93,16 +96,19 @@ impl Dropgate {
         reason: &str,
     ) -> Result<SkuOutcome, AppError> {
         let epoch = self.require_gate().await?;
+        let change = SetSku::new(
+            sku.clone(),
+            StockChange::Adjust { delta },
+            reason,
+            epoch,
+            self.now_ms(),
+        );
         let change = self
             .gate
-            .change_stock(
-                sku,
-                StockChange::Adjust { delta },
-                reason,
-                epoch,
-                self.now_ms(),
-            )
-            .await?;
+            .set_sku(&change)
+            .await?
+            .open()
+            .ok_or(AppError::GateNotBuilt)?;
         self.finish_stock_change(sku, change).await
     }
 

@@ -242,15 +242,7 @@ async fn read_gate(
         let (gate, sku) = (gate.clone(), sku.clone());
         reads.spawn(async move { (i, gate.sku(&sku).await) });
     }
-    let mut pipe = redis::pipe();
-    for sku in names {
-        pipe.cmd("XLEN").arg(gate.keys().events(sku));
-    }
-    let lengths: Vec<u64> = if names.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(&mut gate.connection()).await?
-    };
+    let lengths = gate.backlogs(names).await?;
     let mut figures = vec![None; names.len()];
     while let Some(joined) = reads.join_next().await {
         let (i, read) =
