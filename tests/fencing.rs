@@ -147,3 +147,61 @@ async fn every_hold_admitted_while_a_sku_is_closed_and_rebuilt_is_kept() {
 
     Arc::into_inner(app).expect("clients are done").stop().await;
 }
+
+#[tokio::test]
+async fn a_closed_sku_answers_503_to_every_change_until_it_is_rebuilt() {
+    let app = spawn_app().await;
+    app.create_sku("drop", json!({"on_hand": 10})).await;
+    let sku = SkuId::parse("drop").unwrap();
+    let mut holds = Vec::new();
+    for key in ["k1", "k2"] {
+        let response = app.admit("drop", key, key, 1).await;
+        assert_eq!(response.status(), 201, "{key}");
+        holds.push(body(response).await["hold_id"].as_str().unwrap().to_owned());
+    }
+
+    app.app.gate.close_sku(&sku).await.unwrap();
+
+    let adjust = app
+        .client
+        .post(app.url("/v1/skus/drop/adjustments"))
+        .bearer_auth(common::ADMIN)
+        .json(&json!({"delta": 5, "reason": "found a box"}));
+    let refused = [
+        ("admit", app.admit("drop", "k3", "k3", 1).await),
+        ("replay", app.admit("drop", "k1", "k1", 1).await),
+        ("confirm", app.hold_action(&holds[0], "confirm").await),
+        ("release", app.hold_action(&holds[0], "release").await),
+        ("extend", app.hold_action(&holds[0], "extend").await),
+        ("put", app.put_sku("drop", json!({"on_hand": 20})).await),
+        ("adjust", adjust.send().await.unwrap()),
+    ];
+    for (what, response) in refused {
+        assert_eq!(response.status(), 503, "{what}");
+        assert_problem(response, 503, "unavailable").await;
+    }
+    // Nothing happened: the stream holds only what came before the close.
+    app.app.flush(&sku, None).await.unwrap();
+    assert_eq!(app.ledger_counts("drop").await, (10, 2, 0));
+
+    app.app.gate.forget_epoch().await.unwrap();
+    dropgate::rebuild::ensure_gate(&app.app).await.unwrap();
+
+    assert_eq!(app.hold_action(&holds[0], "confirm").await.status(), 200);
+    let replay = app.admit("drop", "k1", "k1", 1).await;
+    assert_eq!(replay.status(), 201, "a replay after the rebuild");
+    assert_eq!(body(replay).await["hold_id"], holds[0].as_str());
+    assert_eq!(app.admit("drop", "k3", "k3", 1).await.status(), 201);
+    app.app.flush(&sku, None).await.unwrap();
+    assert_eq!(app.ledger_counts("drop").await, (10, 2, 1));
+    let figures = app.app.gate.sku(&sku).await.unwrap().expect("open");
+    assert_eq!(
+        (
+            figures.stock.on_hand,
+            figures.stock.held,
+            figures.stock.sold
+        ),
+        (10, 2, 1)
+    );
+    app.stop().await;
+}
