@@ -11,6 +11,7 @@ use crate::gate::{
 };
 use crate::ledger::DirectTransition;
 use crate::ledger::{ApplyReport, Ledger, LedgerError};
+use crate::telemetry::metric;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -204,7 +205,7 @@ impl Dropgate {
                 // Redis must be rebuilt from the ledger before it decides
                 // again: it does not know these holds.
                 self.mark_fallback_used();
-                metrics::counter!("dropgate_fallback_admissions_total").increment(1);
+                metrics::counter!(metric::FALLBACK_ADMISSIONS_TOTAL).increment(1);
                 self.admit_direct(sku, customer, quantity, key).await
             }
             other => other,
@@ -262,7 +263,7 @@ impl Dropgate {
             if acknowledged < replicas {
                 // The hold exists on the primary; answering 503 would only
                 // make the client retry into a replay. Count it instead.
-                metrics::counter!("dropgate_redis_wait_short_total").increment(1);
+                metrics::counter!(metric::REDIS_WAIT_SHORT_TOTAL).increment(1);
                 tracing::warn!(
                     acknowledged,
                     replicas,

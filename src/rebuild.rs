@@ -5,6 +5,7 @@
 //! holds it admitted that never reached the ledger answer `lost`.
 
 use crate::app::{AppError, Dropgate};
+use crate::telemetry::metric;
 
 /// Serializes rebuilds across dropgate processes (Postgres advisory lock).
 const REBUILD_LOCK: i64 = 0x6472_6f70_6761_7465; // "dropgate"
@@ -61,6 +62,6 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
         app.gate.rebuild_sku(&source).await?;
     }
     app.gate.set_epoch(epoch).await?;
-    metrics::counter!("dropgate_gate_rebuilds_total").increment(1);
+    metrics::counter!(metric::GATE_REBUILDS_TOTAL).increment(1);
     Ok(epoch)
 }

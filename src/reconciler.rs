@@ -8,17 +8,31 @@
 
 use crate::app::{AppError, Dropgate};
 use crate::domain::{HoldState, SkuId};
+use crate::telemetry::metric;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A ledger hold this far past its expiry should have been settled.
-const ORPHAN_GRACE_MS: i64 = 5_000;
+/// How the reconciler runs; tests tune it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Time between passes over every SKU.
+    pub interval: Duration,
+    /// A ledger hold this far past its expiry should have been settled.
+    pub orphan_grace: Duration,
+    /// How often the holds-by-state gauge is refreshed: counting scans the
+    /// table, so it is done now and then only.
+    pub hold_count_interval: Duration,
+}
 
-/// How often the holds-by-state gauge is refreshed.
-const HOLD_COUNT_INTERVAL: Duration = Duration::from_secs(15);
-
-/// How often every SKU is compared.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            orphan_grace: Duration::from_secs(5),
+            hold_count_interval: Duration::from_secs(15),
+        }
+    }
+}
 
 /// A difference found at a fence, gate minus ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,14 +53,20 @@ pub struct ReconcileReport {
 
 pub struct Reconciler {
     app: Dropgate,
-    /// Counting holds by state scans the table: done now and then only.
+    config: Config,
+    /// When holds were last counted by state (see `hold_count_interval`).
     holds_counted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reconciler {
     pub fn new(app: Dropgate) -> Self {
+        Self::with_config(app, Config::default())
+    }
+
+    pub fn with_config(app: Dropgate, config: Config) -> Self {
         Self {
             app,
+            config,
             holds_counted_at: std::sync::Mutex::new(None),
         }
     }
@@ -69,10 +89,10 @@ impl Reconciler {
             .lock()
             .ok()
             .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() < HOLD_COUNT_INTERVAL);
+            .is_some_and(|at| at.elapsed() < self.config.hold_count_interval);
         if !counted_recently {
             for (state, holds) in self.app.ledger.holds_by_state().await? {
-                metrics::gauge!("dropgate_holds", "state" => state).set(holds as f64);
+                metrics::gauge!(metric::HOLDS, "state" => state).set(holds as f64);
             }
             if let Ok(mut at) = self.holds_counted_at.lock() {
                 *at = Some(std::time::Instant::now());
@@ -92,11 +112,8 @@ impl Reconciler {
     /// the gate's outcome (or `expired` if the gate forgot the hold), with a
     /// movement saying why. Returns how many were settled.
     pub async fn settle_orphans(&self, sku: &SkuId) -> Result<u64, AppError> {
-        let overdue = self
-            .app
-            .ledger
-            .overdue_holds(sku, ORPHAN_GRACE_MS, 500)
-            .await?;
+        let grace_ms = i64::try_from(self.config.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let overdue = self.app.ledger.overdue_holds(sku, grace_ms, 500).await?;
         if overdue.is_empty() {
             return Ok(0);
         }
@@ -142,13 +159,13 @@ impl Reconciler {
             repaired: false,
         };
         let label = sku.to_string();
-        metrics::gauge!("dropgate_stream_backlog_events", "sku" => label.clone())
+        metrics::gauge!(metric::STREAM_BACKLOG_EVENTS, "sku" => label.clone())
             .set(snapshot.backlog as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "on_hand")
+        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "on_hand")
             .set(drift.on_hand as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "held")
+        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "held")
             .set(drift.held as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label, "counter" => "sold")
+        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label, "counter" => "sold")
             .set(drift.sold as f64);
         if (drift.on_hand, drift.held, drift.sold) == (0, 0, 0) {
             return Ok(None);
@@ -164,13 +181,13 @@ impl Reconciler {
                 snapshot.on_hand, snapshot.held, snapshot.sold, ledger.on_hand, ledger.held, ledger.sold
             );
             self.app.ledger.record_reconcile(sku, &reason).await?;
-            metrics::counter!("dropgate_reconciler_repairs_total").increment(1);
+            metrics::counter!(metric::RECONCILER_REPAIRS_TOTAL).increment(1);
             tracing::warn!(%sku, %reason, "reconciler repaired drift");
         }
         Ok(Some(Drift { repaired, ..drift }))
     }
 
     pub async fn run(self, stop: watch::Receiver<bool>) {
-        crate::periodic::every(RECONCILE_INTERVAL, stop, "reconciler", || self.run_once()).await;
+        crate::periodic::every(self.config.interval, stop, "reconciler", || self.run_once()).await;
     }
 }

@@ -9,6 +9,7 @@ use crate::app::Dropgate;
 use crate::domain::{now_ms, Event, Position, SkuId};
 use crate::gate::{parse_event, CONSUMER_GROUP};
 use crate::ledger::ApplyReport;
+use crate::telemetry::metric;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
@@ -17,9 +18,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Bounds of one batch: events read, and how long a read may wait for them.
+/// How the worker runs, and the bounds of one batch: events read, and how
+/// long a read may wait for them. Tests tune it.
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerLimits {
+pub struct Config {
     pub batch_max_events: usize,
     pub read_block_ms: usize,
     /// A pending event idle this long belongs to a dead consumer: claim it.
@@ -29,7 +31,7 @@ pub struct WorkerLimits {
     pub sku_refresh: Duration,
 }
 
-impl Default for WorkerLimits {
+impl Default for Config {
     fn default() -> Self {
         Self {
             batch_max_events: 5000,
@@ -68,14 +70,14 @@ pub struct Worker {
     /// multiplexed one (a blocked read would stall the pipeline behind it).
     pool: deadpool_redis::Pool,
     consumer: String,
-    limits: WorkerLimits,
+    limits: Config,
     skus: Vec<SkuId>,
     skus_read_at: Option<Instant>,
     claimed_at: Option<Instant>,
 }
 
 impl Worker {
-    pub fn new(app: Dropgate, redis_url: &str, limits: WorkerLimits) -> Result<Self, WorkerError> {
+    pub fn new(app: Dropgate, redis_url: &str, limits: Config) -> Result<Self, WorkerError> {
         let pool = deadpool_redis::Config::from_url(redis_url)
             .builder()
             .map_err(|e| {
@@ -110,7 +112,7 @@ impl Worker {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "commit worker batch failed");
-                    metrics::counter!("dropgate_worker_errors_total").increment(1);
+                    metrics::counter!(metric::WORKER_ERRORS_TOTAL).increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => {}
@@ -256,18 +258,18 @@ impl Worker {
             }
             let started = Instant::now();
             let report = self.app.ledger.apply(&batch).await?;
-            metrics::histogram!("dropgate_worker_commit_duration_seconds")
+            metrics::histogram!(metric::WORKER_COMMIT_DURATION_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(
                 events = report.applied,
                 commit_ms = started.elapsed().as_millis() as u64,
                 "batch committed"
             );
-            metrics::histogram!("dropgate_worker_batch_events")
+            metrics::histogram!(metric::WORKER_BATCH_EVENTS)
                 .record(batch.values().map(Vec::len).sum::<usize>() as f64);
             if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
                 let lag_ms = (now_ms() - oldest).max(0);
-                metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
+                metrics::gauge!(metric::COMMIT_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
             }
             self.app.applied(&report).await?;
             total.applied += report.applied;
@@ -302,9 +304,9 @@ fn follows(from: Position, events: &[Event]) -> bool {
 
 /// Counts what an apply did, whoever applied (worker or inline confirm).
 pub fn record_apply(report: &ApplyReport) {
-    metrics::counter!("dropgate_ledger_events_applied_total").increment(report.applied);
-    metrics::counter!("dropgate_ledger_events_skipped_total").increment(report.skipped);
-    metrics::counter!("dropgate_ledger_holds_lost_total").increment(report.lost.len() as u64);
+    metrics::counter!(metric::LEDGER_EVENTS_APPLIED_TOTAL).increment(report.applied);
+    metrics::counter!(metric::LEDGER_EVENTS_SKIPPED_TOTAL).increment(report.skipped);
+    metrics::counter!(metric::LEDGER_HOLDS_LOST_TOTAL).increment(report.lost.len() as u64);
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub use reply::GateHold;
 use crate::domain::{
     CustomerId, Event, HoldId, IdempotencyKey, Position, Quantity, SkuId, SkuSettings,
 };
+use crate::telemetry::metric;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
@@ -493,7 +494,7 @@ impl Gate {
 
 /// Time a script took, round trip included.
 fn record_script(script: &'static str, started: std::time::Instant) {
-    metrics::histogram!("dropgate_redis_script_duration_seconds", "script" => script)
+    metrics::histogram!(metric::REDIS_SCRIPT_DURATION_SECONDS, "script" => script)
         .record(started.elapsed().as_secs_f64());
 }
 

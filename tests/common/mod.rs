@@ -8,6 +8,7 @@ pub mod process;
 use dropgate::app::Dropgate;
 use dropgate::config::{ServeConfig, StoreConfig, DEFAULT_REDIS_URL};
 use dropgate::startup::Application;
+use dropgate::telemetry::Metrics;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ pub struct TestApp {
     pub database: String,
     pub prefix: String,
     pub redis_url: String,
+    /// Everything this app recorded, and nothing another test did.
+    pub metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -44,16 +47,7 @@ pub fn test_config() -> ServeConfig {
         admin_token: Some(ADMIN.to_owned()),
         storefront_tokens: vec![STOREFRONT.to_owned(), "second-storefront-token".to_owned()],
         customer_rps: 0,
-        global_rps: 0,
-        admission: dropgate::config::AdmissionMode::Redis,
-        redis_down: dropgate::config::RedisDown::Reject,
-        redis_wait_replicas: 0,
-        shutdown_delay_ms: 0,
-        redis_wait_timeout_ms: 100,
-        no_worker: false,
-        no_reaper: false,
-        no_reconciler: false,
-        log_json: false,
+        ..ServeConfig::default()
     }
 }
 
@@ -72,7 +66,10 @@ pub async fn spawn_app_with(config: ServeConfig) -> TestApp {
         .to_owned();
     let prefix = config.stores.key_prefix.clone();
     let redis_url = config.stores.redis_url.clone();
-    let application = Application::build(config).await.expect("the app builds");
+    let metrics = Metrics::new();
+    let application = Application::build_with_metrics(config, metrics.clone())
+        .await
+        .expect("the app builds");
     let addr = application.local_addr().expect("a bound address");
     let app = application.app().clone();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -89,6 +86,7 @@ pub async fn spawn_app_with(config: ServeConfig) -> TestApp {
         database,
         prefix,
         redis_url,
+        metrics,
         stop: Some(stop),
         server: Some(server),
     }
@@ -214,6 +212,24 @@ impl TestApp {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("the ledger did not catch up with {sku}");
+    }
+
+    /// Waits until the worker has acknowledged and trimmed every event of
+    /// `sku` from its stream.
+    pub async fn wait_until_trimmed(&self, sku: &str) {
+        let mut redis = self.redis().await;
+        for _ in 0..200 {
+            let length: u64 = redis::cmd("XLEN")
+                .arg(self.key(sku, "events"))
+                .query_async(&mut redis)
+                .await
+                .expect("XLEN");
+            if length == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the worker did not trim {sku}'s stream");
     }
 
     /// Ledger counters of a SKU: (on_hand, held, sold).
