@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::process::{PgProxy, RedisServer};
+use common::process::{start_redis, PgProxy};
 use common::{body, spawn_app, spawn_app_with, test_config, TestApp};
 use dropgate::telemetry::metric;
 use serde_json::{json, Value};
@@ -182,7 +182,7 @@ async fn at_most_fifty_skus_in_id_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_is_away_shows_as_unreachable_not_as_an_error() {
-    let mut redis = RedisServer::start();
+    let mut redis = start_redis().await;
     let mut proxy = PgProxy::start().await;
     let mut config = test_config();
     proxy.route(&mut config);

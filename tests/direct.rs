@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::process::RedisServer;
+use common::process::start_redis;
 use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
 use dropgate::config::{AdmissionMode, RedisDown};
 use futures::future::join_all;
@@ -118,7 +118,7 @@ async fn postgres_admission_replays_limits_confirms_and_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admission_falls_back_to_postgres_while_redis_is_away_and_never_oversells() {
-    let mut redis = RedisServer::start();
+    let mut redis = start_redis().await;
     let mut config = test_config();
     config.stores.redis_url = redis.url();
     config.stores.store_timeout_ms = 500;
@@ -137,7 +137,7 @@ async fn admission_falls_back_to_postgres_while_redis_is_away_and_never_oversell
     );
     assert_eq!(app.ledger_counts("drop").await, (60, 40, 0));
 
-    redis.restart();
+    redis.restart().await.expect("redis-server restarts");
     let ready = async {
         for _ in 0..100 {
             if app

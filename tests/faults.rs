@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::process::{Dropgate, PgProxy, RedisServer};
+use common::process::{start_redis, start_replica_of, Dropgate, PgProxy};
 use common::{assert_problem, body, spawn_app_with, test_config, TestApp, ADMIN, STOREFRONT};
 use dropgate::domain::{Position, SkuId};
 use futures::future::join_all;
@@ -68,7 +68,7 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() {
-    let mut redis = RedisServer::start();
+    let mut redis = start_redis().await;
     let mut config = test_config();
     config.stores.redis_url = redis.url();
     // Only explicit flushes reach the ledger, so the window of loss is exact.
@@ -89,7 +89,7 @@ async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() 
     }
 
     redis.kill();
-    redis.restart();
+    redis.restart().await.expect("redis-server restarts");
     assert_problem(
         app.admit("drop", "during", "during", 1).await,
         503,
@@ -598,8 +598,8 @@ async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admissions_can_wait_for_a_replica() {
-    let primary = RedisServer::start();
-    let replica = RedisServer::start_replica_of(primary.port);
+    let primary = start_redis().await;
+    let replica = start_replica_of(primary.port()).await;
     let mut config = test_config();
     config.stores.redis_url = primary.url();
     (config.redis_wait_replicas, config.redis_wait_timeout_ms) = (1, 2000);

@@ -1,7 +1,12 @@
 //! `dropgate dev`: the zero-setup local run. Finds or starts Redis and
 //! Postgres, migrates, seeds a demo drop, prints how to use it, serves.
 
+mod process;
+mod redis_server;
 pub mod services;
+
+pub use process::free_port;
+pub use redis_server::RedisServer;
 
 use crate::config::{DevConfig, ServeConfig, StoreConfig};
 use crate::domain::{SkuId, SkuSettings};
