@@ -305,6 +305,15 @@ pub async fn cleanup(database: &str, prefix: &str, redis_url: &str) {
     }
 }
 
+/// A hold's `expires_at` (RFC 3339), in unix ms: times compare as times,
+/// not as text.
+pub fn expires_at_ms(hold: &Value) -> i64 {
+    let text = hold["expires_at"].as_str().expect("an expires_at");
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("an RFC 3339 time");
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).expect("a time in range")
+}
+
 /// Reads a JSON body.
 pub async fn body(response: Response) -> Value {
     response.json().await.expect("a JSON body")
