@@ -454,11 +454,12 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     let stream = app.key("drop", "events");
     let mut redis = app.redis().await;
     for _ in 0..20 {
-        let report = worker.run_once().await.unwrap();
-        if report.applied == 0 && pending(&mut redis, &stream).await == (0, 0) {
+        worker.run_once().await.unwrap();
+        if pending(&mut redis, &stream).await == (0, 0) && app.ledger_caught_up("drop").await {
             break;
         }
     }
+    assert!(app.ledger_caught_up("drop").await);
     assert_eq!(pending(&mut redis, &stream).await, (0, 0));
     let ids: Vec<uuid::Uuid> = answered
         .iter()

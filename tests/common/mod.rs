@@ -187,31 +187,33 @@ impl TestApp {
     /// Waits until the ledger has applied every event of `sku` (the worker
     /// runs in the background).
     pub async fn wait_for_ledger(&self, sku: &str) {
-        let sku = dropgate::domain::SkuId::parse(sku).expect("sku");
         for _ in 0..200 {
-            let events = self
-                .app
-                .gate
-                .events(
-                    &sku,
-                    self.app
-                        .ledger
-                        .sku(&sku)
-                        .await
-                        .expect("ledger")
-                        .expect("row")
-                        .applied,
-                    None,
-                    1,
-                )
-                .await
-                .expect("events");
-            if events.is_empty() {
+            if self.ledger_caught_up(sku).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("the ledger did not catch up with {sku}");
+    }
+
+    /// Whether the ledger has applied every event in `sku`'s stream.
+    pub async fn ledger_caught_up(&self, sku: &str) -> bool {
+        let sku = dropgate::domain::SkuId::parse(sku).expect("sku");
+        let applied = self
+            .app
+            .ledger
+            .sku(&sku)
+            .await
+            .expect("ledger")
+            .expect("row")
+            .applied;
+        let after = self
+            .app
+            .gate
+            .events(&sku, applied, None, 1)
+            .await
+            .expect("events");
+        after.is_empty()
     }
 
     /// Waits until the worker has acknowledged and trimmed every event of
