@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::process::{start_redis, start_replica_of, Dropgate, PgProxy};
+use common::process::{start_redis, start_replica_of, Dropgate, PgProxy, RedisServer};
 use common::{assert_problem, body, spawn_app_with, test_config, TestApp, ADMIN, STOREFRONT};
 use dropgate::domain::{Position, SkuId};
 use dropgate::gate::CONSUMER_GROUP;
@@ -725,7 +725,10 @@ async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admissions_can_wait_for_a_replica() {
-    let primary = start_redis().await;
+    // A replica syncs at once, not after the default 5 s diskless-sync delay.
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"])
+        .await
+        .expect("redis-server starts");
     let replica = start_replica_of(primary.port()).await;
     let mut config = test_config();
     config.stores.redis_url = primary.url();
