@@ -7,6 +7,12 @@ use std::time::Duration;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/dropgate";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const DEFAULT_KEY_PREFIX: &str = "dg";
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 2000;
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+pub const DEFAULT_CUSTOMER_RPS: u32 = 10;
+pub const DEFAULT_REDIS_WAIT_TIMEOUT_MS: u64 = 100;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -148,13 +154,26 @@ pub struct StoreConfig {
 
     /// Redis key prefix, so several deployments or tests share one Redis.
     #[arg(long, env = "DROPGATE_KEY_PREFIX", value_name = "DROPGATE_KEY_PREFIX",
-          default_value = "dg", value_parser = parse_key_prefix)]
+          default_value = DEFAULT_KEY_PREFIX, value_parser = parse_key_prefix)]
     pub key_prefix: String,
 
     /// Timeout of every Redis and Postgres call, in milliseconds.
     #[arg(long, env = "DROPGATE_STORE_TIMEOUT_MS", value_name = "DROPGATE_STORE_TIMEOUT_MS",
-          default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+          default_value_t = DEFAULT_STORE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub store_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            store_timeout_ms: DEFAULT_STORE_TIMEOUT_MS,
+        }
+    }
 }
 
 impl StoreConfig {
@@ -169,12 +188,8 @@ pub struct ServeConfig {
     pub stores: StoreConfig,
 
     /// HTTP address.
-    #[arg(
-        long,
-        env = "DROPGATE_LISTEN",
-        value_name = "DROPGATE_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "DROPGATE_LISTEN", value_name = "DROPGATE_LISTEN",
+          default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Bearer token for admin endpoints; without it they refuse all.
@@ -192,7 +207,7 @@ pub struct ServeConfig {
         long,
         env = "DROPGATE_CUSTOMER_RPS",
         value_name = "DROPGATE_CUSTOMER_RPS",
-        default_value_t = 10
+        default_value_t = DEFAULT_CUSTOMER_RPS
     )]
     pub customer_rps: u32,
 
@@ -227,7 +242,8 @@ pub struct ServeConfig {
 
     /// How long an admission waits for those replicas, in milliseconds.
     #[arg(long, env = "DROPGATE_REDIS_WAIT_TIMEOUT_MS", value_name = "DROPGATE_REDIS_WAIT_TIMEOUT_MS",
-          default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
+          default_value_t = DEFAULT_REDIS_WAIT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=5000))]
     pub redis_wait_timeout_ms: u64,
 
     /// On SIGTERM, keep serving this long with /readyz at 503 before the
@@ -251,17 +267,52 @@ pub struct ServeConfig {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "DROPGATE_LOG_JSON", value_name = "DROPGATE_LOG_JSON")]
     pub log_json: bool,
+
+    /// The commit worker's batches and timing (no flags: tests tune it).
+    #[arg(skip)]
+    pub worker: crate::worker::Config,
+
+    /// The reaper's interval, batch and clock (no flags: tests tune it).
+    #[arg(skip)]
+    pub reaper: crate::reaper::Config,
+
+    /// The reconciler's intervals (no flags: tests tune it).
+    #[arg(skip)]
+    pub reconciler: crate::reconciler::Config,
+}
+
+impl Default for ServeConfig {
+    /// The flags' defaults: no tokens, so every endpoint that needs one
+    /// refuses until they are set.
+    fn default() -> Self {
+        Self {
+            stores: StoreConfig::default(),
+            listen: DEFAULT_LISTEN,
+            admin_token: None,
+            storefront_tokens: Vec::new(),
+            customer_rps: DEFAULT_CUSTOMER_RPS,
+            global_rps: 0,
+            admission: crate::app::AdmissionMode::Redis,
+            redis_down: None,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
+            shutdown_delay_ms: 0,
+            no_worker: false,
+            no_reaper: false,
+            no_reconciler: false,
+            log_json: false,
+            worker: crate::worker::Config::default(),
+            reaper: crate::reaper::Config::default(),
+            reconciler: crate::reconciler::Config::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DevConfig {
     /// HTTP address.
-    #[arg(
-        long,
-        env = "DROPGATE_LISTEN",
-        value_name = "DROPGATE_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "DROPGATE_LISTEN", value_name = "DROPGATE_LISTEN",
+          default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Stock of the demo SKU `demo-drop`.
@@ -385,5 +436,25 @@ mod tests {
         assert!(parse_key_prefix("dg").is_ok());
         assert!(parse_key_prefix("a:b").is_err());
         assert!(parse_token("short").is_err());
+    }
+
+    #[test]
+    fn the_default_serve_config_is_the_flags_defaults() {
+        // The flags also read the environment; a set variable would differ.
+        let from_env = std::env::vars().any(|(name, _)| {
+            name.starts_with("DROPGATE_") || name == "DATABASE_URL" || name == "REDIS_URL"
+        });
+        if from_env {
+            eprintln!("skipped: a DROPGATE_*, DATABASE_URL or REDIS_URL variable is set");
+            return;
+        }
+        let Command::Serve(parsed) = Cli::try_parse_from(["dropgate", "serve"]).unwrap().command
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", ServeConfig::default())
+        );
     }
 }

@@ -28,3 +28,41 @@ pub async fn every<F, Fut, T, E>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn steps_once_per_interval_past_a_failure_until_stopped() {
+        let (stop, stopped) = watch::channel(false);
+        let steps = Arc::new(AtomicU32::new(0));
+        let counted = steps.clone();
+        let service = tokio::spawn(every(
+            Duration::from_millis(200),
+            stopped,
+            "test",
+            move || {
+                let step = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if step == 2 {
+                        Err("the second step fails")
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        ));
+
+        // Steps at 0, 200 and 400 ms of the paused clock; 450 ms is before
+        // the fourth.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(steps.load(Ordering::SeqCst), 3);
+        stop.send(true).unwrap();
+        service.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(steps.load(Ordering::SeqCst), 3, "no step after the stop");
+    }
+}

@@ -8,6 +8,7 @@
 
 use crate::app::{AppError, Dropgate};
 use crate::domain::SkuId;
+use crate::telemetry::metric;
 use std::collections::BTreeSet;
 
 /// Why the gate in Redis cannot be served as it is.
@@ -85,7 +86,7 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
     app.gate
         .set_built(epoch, app.ledger.ledger_id().await?)
         .await?;
-    metrics::counter!("dropgate_gate_rebuilds_total").increment(1);
+    metrics::counter!(metric::GATE_REBUILDS_TOTAL).increment(1);
     Ok(epoch)
 }
 
@@ -102,7 +103,8 @@ async fn record_foreign_gate(
         if !ours.contains(&sku) {
             tracing::error!(%sku, gate_epoch = epoch,
                 "the gate in Redis has a SKU this ledger does not know: dropped from the gate");
-            metrics::counter!("dropgate_gate_foreign_skus_dropped_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::GATE_FOREIGN_SKUS_DROPPED_TOTAL)
+                .increment(1);
             app.gate.drop_sku(&sku).await?;
         }
     }

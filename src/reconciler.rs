@@ -9,17 +9,31 @@
 use crate::app::{AppError, Dropgate};
 use crate::domain::{HoldState, SkuId};
 use crate::gate::Fenced;
+use crate::telemetry::metric;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A ledger hold this far past its expiry should have been settled.
-const ORPHAN_GRACE_MS: i64 = 5_000;
+/// How the reconciler runs; tests tune it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Time between passes over every SKU.
+    pub interval: Duration,
+    /// A ledger hold this far past its expiry should have been settled.
+    pub orphan_grace: Duration,
+    /// How often the holds-by-state gauge is refreshed: counting scans the
+    /// table, so it is done now and then only.
+    pub hold_count_interval: Duration,
+}
 
-/// How often the holds-by-state gauge is refreshed.
-const HOLD_COUNT_INTERVAL: Duration = Duration::from_secs(15);
-
-/// How often every SKU is compared.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            orphan_grace: Duration::from_secs(5),
+            hold_count_interval: Duration::from_secs(15),
+        }
+    }
+}
 
 /// A difference found at a fence, gate minus ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +56,20 @@ pub struct ReconcileReport {
 
 pub struct Reconciler {
     app: Dropgate,
-    /// Counting holds by state scans the table: done now and then only.
+    config: Config,
+    /// When holds were last counted by state (see `hold_count_interval`).
     holds_counted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reconciler {
     pub fn new(app: Dropgate) -> Self {
+        Self::with_config(app, Config::default())
+    }
+
+    pub fn with_config(app: Dropgate, config: Config) -> Self {
         Self {
             app,
+            config,
             holds_counted_at: std::sync::Mutex::new(None),
         }
     }
@@ -63,12 +83,12 @@ impl Reconciler {
             .lock()
             .ok()
             .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() < HOLD_COUNT_INTERVAL);
+            .is_some_and(|at| at.elapsed() < self.config.hold_count_interval);
         if !counted_recently {
             let open = self.app.ledger.open_dead_letters().await?;
-            metrics::gauge!("dropgate_ledger_dead_letters_open").set(open as f64);
+            metrics::gauge!(crate::telemetry::metric::LEDGER_DEAD_LETTERS_OPEN).set(open as f64);
             for (state, holds) in self.app.ledger.holds_by_state().await? {
-                metrics::gauge!("dropgate_holds", "state" => state).set(holds as f64);
+                metrics::gauge!(metric::HOLDS, "state" => state).set(holds as f64);
             }
             if let Ok(mut at) = self.holds_counted_at.lock() {
                 *at = Some(std::time::Instant::now());
@@ -82,7 +102,8 @@ impl Reconciler {
                 Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(sku = %sku.sku, %error, "reconciler could not check the SKU");
-                    metrics::counter!("dropgate_reconciler_errors_total").increment(1);
+                    metrics::counter!(crate::telemetry::metric::RECONCILER_ERRORS_TOTAL)
+                        .increment(1);
                     report.failed.push(sku.sku.clone());
                     continue;
                 }
@@ -97,11 +118,8 @@ impl Reconciler {
     /// the gate's outcome (or `expired` if the gate forgot the hold), with a
     /// movement saying why. Returns how many were settled.
     pub async fn settle_orphans(&self, sku: &SkuId) -> Result<u64, AppError> {
-        let overdue = self
-            .app
-            .ledger
-            .overdue_holds(sku, ORPHAN_GRACE_MS, 500)
-            .await?;
+        let grace_ms = i64::try_from(self.config.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let overdue = self.app.ledger.overdue_holds(sku, grace_ms, 500).await?;
         if overdue.is_empty() {
             return Ok(0);
         }
@@ -147,13 +165,13 @@ impl Reconciler {
             repaired: false,
         };
         let label = sku.to_string();
-        metrics::gauge!("dropgate_stream_backlog_events", "sku" => label.clone())
+        metrics::gauge!(metric::STREAM_BACKLOG_EVENTS, "sku" => label.clone())
             .set(snapshot.backlog as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "on_hand")
+        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "on_hand")
             .set(drift.on_hand as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "held")
+        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "held")
             .set(drift.held as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label, "counter" => "sold")
+        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label, "counter" => "sold")
             .set(drift.sold as f64);
         if (drift.on_hand, drift.held, drift.sold) == (0, 0, 0) {
             return Ok(None);
@@ -170,13 +188,13 @@ impl Reconciler {
                 snapshot.on_hand, snapshot.held, snapshot.sold, ledger.figures.stock.on_hand, ledger.figures.stock.held, ledger.figures.stock.sold
             );
             self.app.ledger.record_reconcile(sku, &reason).await?;
-            metrics::counter!("dropgate_reconciler_repairs_total").increment(1);
+            metrics::counter!(metric::RECONCILER_REPAIRS_TOTAL).increment(1);
             tracing::warn!(%sku, %reason, "reconciler repaired drift");
         }
         Ok(Some(Drift { repaired, ..drift }))
     }
 
     pub async fn run(self, stop: watch::Receiver<bool>) {
-        crate::periodic::every(RECONCILE_INTERVAL, stop, "reconciler", || self.run_once()).await;
+        crate::periodic::every(self.config.interval, stop, "reconciler", || self.run_once()).await;
     }
 }

@@ -8,7 +8,8 @@ use crate::http::{self, AppState, Tokens};
 use crate::ledger::{self, Ledger};
 use crate::limits::RateLimits;
 use crate::reaper::Reaper;
-use crate::worker::{Worker, WorkerLimits};
+use crate::telemetry::{metric, Metrics};
+use crate::worker::Worker;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,20 +29,32 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrates the ledger, opens the gate and binds the listener.
+    /// Migrates the ledger, opens the gate and binds the listener. Records
+    /// into the process's metrics.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
-        // The recorder first, so what start-up does (a gate rebuild) counts.
-        let metrics = crate::telemetry::metrics();
-        let app = connect(&config.stores)
-            .await?
-            .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
-            .with_admission(config.admission);
-        if let Err(error) = crate::rebuild::ensure_gate(&app).await {
-            // Not fatal: the server answers 503 and the next request or the
-            // reconciler builds the gate once Redis is back.
-            tracing::warn!(%error, "gate not built at start-up");
-        }
-        metrics::gauge!("dropgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        Self::build_with_metrics(config, Metrics::process()).await
+    }
+
+    /// [`build`](Self::build), recording into `metrics` (a test's own).
+    pub async fn build_with_metrics(config: ServeConfig, metrics: Metrics) -> anyhow::Result<Self> {
+        // In the scope from the start, so what start-up does (a gate
+        // rebuild) counts.
+        let app = metrics
+            .scope(async {
+                let app = connect(&config.stores)
+                    .await?
+                    .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
+                    .with_admission(config.admission);
+                if let Err(error) = crate::rebuild::ensure_gate(&app).await {
+                    // Not fatal: the server answers 503 and the next request or the
+                    // reconciler builds the gate once Redis is back.
+                    tracing::warn!(%error, "gate not built at start-up");
+                }
+                metrics::gauge!(metric::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
+                    .set(1.0);
+                anyhow::Ok(app)
+            })
+            .await?;
         let state = AppState {
             app,
             tokens: Arc::new(Tokens {
@@ -78,19 +91,24 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = Vec::new();
+        // Each service records into this application's metrics.
+        let metrics = &self.state.metrics;
         if !self.config.no_worker {
-            let worker = Worker::new(self.state.app.clone(), WorkerLimits::default())?;
-            background.push(tokio::spawn(worker.run(stop_rx.clone())));
+            let worker = Worker::new(self.state.app.clone(), self.config.worker)?;
+            background.push(tokio::spawn(metrics.scope(worker.run(stop_rx.clone()))));
         }
         if !self.config.no_reaper {
-            let reaper = Reaper::new(self.state.app.clone());
-            background.push(tokio::spawn(reaper.run(stop_rx.clone())));
+            let reaper = Reaper::with_config(self.state.app.clone(), self.config.reaper.clone());
+            background.push(tokio::spawn(metrics.scope(reaper.run(stop_rx.clone()))));
         }
         // With Postgres deciding admissions there is no gate to reconcile.
         let postgres_only = self.config.admission == crate::app::AdmissionMode::Postgres;
         if !self.config.no_reconciler && !postgres_only {
-            let reconciler = crate::reconciler::Reconciler::new(self.state.app.clone());
-            background.push(tokio::spawn(reconciler.run(stop_rx.clone())));
+            let reconciler = crate::reconciler::Reconciler::with_config(
+                self.state.app.clone(),
+                self.config.reconciler.clone(),
+            );
+            background.push(tokio::spawn(metrics.scope(reconciler.run(stop_rx.clone()))));
         }
         background.push(tokio::spawn(forget_idle_customers(
             self.state.limits.clone(),
@@ -212,7 +230,7 @@ pub async fn run_worker(
     stores: crate::config::StoreConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let worker = Worker::new(connect(&stores).await?, WorkerLimits::default())?;
+    let worker = Worker::new(connect(&stores).await?, crate::worker::Config::default())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(worker.run(stop_rx));
     shutdown.await;

@@ -9,13 +9,15 @@ use crate::app::Dropgate;
 use crate::domain::{Event, Position, SkuId};
 use crate::gate::{Consumer, Delivery};
 use crate::ledger::ApplyReport;
+use crate::telemetry::metric;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Bounds of one batch: events read, and how long a read may wait for them.
+/// How the worker runs, and the bounds of one batch: events read, and how
+/// long a read may wait for them. Tests tune it.
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerLimits {
+pub struct Config {
     pub batch_max_events: usize,
     pub read_block_ms: usize,
     /// A pending event idle this long belongs to a dead consumer: claim it.
@@ -25,7 +27,7 @@ pub struct WorkerLimits {
     pub sku_refresh: Duration,
 }
 
-impl Default for WorkerLimits {
+impl Default for Config {
     fn default() -> Self {
         Self {
             batch_max_events: 5000,
@@ -60,14 +62,14 @@ pub struct Worker {
     /// hot path's multiplexed one (a blocked read would stall the pipeline
     /// behind it).
     consumer: Consumer,
-    limits: WorkerLimits,
+    limits: Config,
     skus: Vec<SkuId>,
     skus_read_at: Option<Instant>,
     claimed_at: Option<Instant>,
 }
 
 impl Worker {
-    pub fn new(app: Dropgate, limits: WorkerLimits) -> Result<Self, WorkerError> {
+    pub fn new(app: Dropgate, limits: Config) -> Result<Self, WorkerError> {
         let consumer = app
             .gate
             .consumer(&format!("worker-{}", uuid::Uuid::new_v4().simple()))?;
@@ -90,7 +92,7 @@ impl Worker {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "commit worker batch failed");
-                    metrics::counter!("dropgate_worker_errors_total").increment(1);
+                    metrics::counter!(metric::WORKER_ERRORS_TOTAL).increment(1);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => {}
@@ -228,18 +230,18 @@ impl Worker {
                     self.apply_isolated(batch.clone()).await?
                 }
             };
-            metrics::histogram!("dropgate_worker_commit_duration_seconds")
+            metrics::histogram!(metric::WORKER_COMMIT_DURATION_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(
                 events = report.applied,
                 commit_ms = started.elapsed().as_millis() as u64,
                 "batch committed"
             );
-            metrics::histogram!("dropgate_worker_batch_events")
+            metrics::histogram!(metric::WORKER_BATCH_EVENTS)
                 .record(batch.values().map(Vec::len).sum::<usize>() as f64);
             if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
                 let lag_ms = (self.app.now_ms() - oldest).max(0);
-                metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
+                metrics::gauge!(metric::COMMIT_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
             }
             self.app.applied(&report).await?;
             total.merge(report);
@@ -268,8 +270,10 @@ impl Worker {
                             Err(error) => {
                                 let reason = error.to_string();
                                 if self.app.ledger.dead_letter(&sku, &event, &reason).await? {
-                                    metrics::counter!("dropgate_ledger_dead_letters_total")
-                                        .increment(1);
+                                    metrics::counter!(
+                                        crate::telemetry::metric::LEDGER_DEAD_LETTERS_TOTAL
+                                    )
+                                    .increment(1);
                                     tracing::error!(%sku, event_id = %event.event_id, %reason,
                                         "event set aside as a dead letter");
                                 }

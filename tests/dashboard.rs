@@ -10,8 +10,9 @@
 
 mod common;
 
-use common::process::{PgProxy, RedisServer};
+use common::process::{start_redis, PgProxy};
 use common::{body, spawn_app, spawn_app_with, test_config, TestApp};
+use dropgate::telemetry::metric;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -108,24 +109,21 @@ async fn the_figures_show_stock_ledger_drift_and_admissions() {
         "{row}"
     );
     assert!(row["backlog"].as_u64().is_some(), "{row}");
-    // The admission counter is process-wide: other tests add to it.
-    let held = figures["admissions_total"]["held"].as_u64().unwrap();
-    assert!(held >= 3, "{figures}");
-    for outcome in [
-        "sold_out",
-        "limit_exceeded",
-        "rate_limited",
-        "replayed",
-        "error",
-    ] {
-        assert!(
-            figures["admissions_total"][outcome].is_u64(),
-            "{outcome}: {figures}"
-        );
-    }
+    // This app's own figures: three holds, every other outcome zero.
+    assert_eq!(
+        figures["admissions_total"],
+        json!({"held": 3, "sold_out": 0, "limit_exceeded": 0, "rate_limited": 0,
+               "replayed": 0, "error": 0}),
+        "{figures}"
+    );
 
-    // Once the worker caught up, gate and ledger agree.
+    // Once the worker caught up (and trimmed the stream), gate and ledger
+    // agree and nothing is waiting.
     app.wait_for_ledger("drop-1").await;
+    app.wait_until_trimmed("drop-1").await;
+    // The worker records the lag just after its commit, which is what
+    // wait_for_ledger saw.
+    let lag = wait_for_figure(&app, metric::COMMIT_LAG_SECONDS).await;
     let figures = dashboard(&app).await;
     let row = sku_row(&figures, "drop-1");
     assert_eq!(
@@ -142,19 +140,24 @@ async fn the_figures_show_stock_ledger_drift_and_admissions() {
         json!({"on_hand": 0, "held": 0, "sold": 0}),
         "{row}"
     );
+    assert_eq!(row["backlog"], 0, "{row}");
+    assert_eq!(figures["backlog_total"], 0);
     assert_eq!(figures["max_abs_drift"], 0);
-    // The worker committed the holds, so there is a commit lag (it records
-    // the gauge just after its commit).
-    let mut lag = figures["commit_lag_seconds"].clone();
-    for _ in 0..50 {
-        if !lag.is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        lag = dashboard(&app).await["commit_lag_seconds"].clone();
-    }
-    assert!(lag.as_f64().unwrap() >= 0.0, "{lag}");
+    let shown = figures["commit_lag_seconds"].as_f64().expect("a lag");
+    assert!((shown - lag).abs() < 1e-9, "{shown} is not {lag}");
+    assert!(lag >= 0.0, "{lag}");
     app.stop().await;
+}
+
+/// Waits until the worker has set the gauge `name` in the app's metrics.
+async fn wait_for_figure(app: &TestApp, name: &str) -> f64 {
+    for _ in 0..200 {
+        if let Some(value) = app.metrics.gauge(name, &[]) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{name} was never set");
 }
 
 #[tokio::test]
@@ -179,7 +182,7 @@ async fn at_most_fifty_skus_in_id_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_is_away_shows_as_unreachable_not_as_an_error() {
-    let mut redis = RedisServer::start();
+    let mut redis = start_redis().await;
     let mut proxy = PgProxy::start().await;
     let mut config = test_config();
     proxy.route(&mut config);
@@ -260,6 +263,9 @@ async fn the_page_renders_and_follows_a_drop_in_headless_chromium() {
 
     let app = spawn_app().await;
     app.create_sku("drop-1", json!({"on_hand": 20})).await;
+    // Committed and trimmed before the page loads, so it shows no backlog.
+    app.wait_for_ledger("drop-1").await;
+    app.wait_until_trimmed("drop-1").await;
     let screenshot = root.join("target/dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
 
@@ -298,7 +304,7 @@ async fn the_page_renders_and_follows_a_drop_in_headless_chromium() {
     assert_eq!(initial["phase"], "initial", "{initial}");
     assert_eq!(
         initial["values"],
-        json!({"on_hand": 20, "available": 20, "held": 0, "sold": 0, "backlog": initial["values"]["backlog"], "drift": initial["values"]["drift"]}),
+        json!({"on_hand": 20, "available": 20, "held": 0, "sold": 0, "backlog": 0, "drift": 0}),
         "{initial}"
     );
     assert_eq!(initial["tiles"]["redis"]["state"], "ok", "{initial}");
@@ -334,10 +340,7 @@ async fn the_page_renders_and_follows_a_drop_in_headless_chromium() {
         (&json!(20), &json!(15), &json!(3), &json!(2)),
         "{last}"
     );
-    assert!(
-        last["legend"]["held"]["total"].as_u64().unwrap() >= 5,
-        "{last}"
-    );
+    assert_eq!(last["legend"]["held"]["total"], 5, "{last}");
     assert_eq!(last["ok"], true, "{last}");
     assert!(status.success(), "{status}: {last}");
     assert!(

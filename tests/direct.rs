@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::process::RedisServer;
+use common::process::start_redis;
 use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
 use dropgate::app::AdmissionMode;
+use dropgate::reaper::Reaper;
 use futures::future::join_all;
 use serde_json::json;
 use std::time::Duration;
@@ -49,12 +50,15 @@ async fn postgres_admission_keeps_every_guarantee() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_admission_replays_limits_confirms_and_expires() {
+    // The test is the reaper: Postgres's clock decides which holds are due,
+    // so their expiry is placed either side of its now.
     let mut config = test_config();
     config.admission = AdmissionMode::Postgres;
+    config.no_reaper = true;
     let app = spawn_app_with(config).await;
     app.create_sku(
         "drop",
-        json!({"on_hand": 10, "per_customer_limit": 2, "hold_ttl_ms": 1000}),
+        json!({"on_hand": 10, "per_customer_limit": 2, "hold_ttl_ms": 60000}),
     )
     .await;
 
@@ -109,8 +113,34 @@ async fn postgres_admission_replays_limits_confirms_and_expires() {
     .await;
     assert_eq!(app.ledger_counts("drop").await, (10, 2, 1));
 
-    // The Postgres-direct reaper returns the greedy customer's units.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // The Postgres-direct reaper returns the greedy customer's units, each
+    // once its expiry has passed and not before.
+    let pool = app.pg().await;
+    let greedy: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT hold_id FROM holds WHERE customer_id = 'greedy' AND state = 'held' ORDER BY hold_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(greedy.len(), 2);
+    let expires_in = async |hold: uuid::Uuid, interval: &str| {
+        sqlx::query("UPDATE holds SET expires_at = now() + $2::interval WHERE hold_id = $1")
+            .bind(hold)
+            .bind(interval)
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    expires_in(greedy[0], "-1 millisecond").await;
+    expires_in(greedy[1], "1 hour").await;
+    let reaper = Reaper::new(app.app.clone());
+    assert_eq!(reaper.run_once().await.unwrap(), 1);
+    assert_eq!(app.ledger_counts("drop").await, (10, 1, 1));
+    assert_eq!(app.sku("drop").await["available"], 8);
+    expires_in(greedy[1], "-1 millisecond").await;
+    assert_eq!(reaper.run_once().await.unwrap(), 1);
+    assert_eq!(reaper.run_once().await.unwrap(), 0, "expired once");
+    pool.close().await;
     assert_eq!(app.ledger_counts("drop").await, (10, 0, 1));
     assert_eq!(app.sku("drop").await["available"], 9);
     app.stop().await;
@@ -118,10 +148,12 @@ async fn postgres_admission_replays_limits_confirms_and_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_redis_is_away_admissions_answer_503_and_nothing_is_admitted() {
-    let mut redis = RedisServer::start();
+    let mut redis = start_redis().await;
     let mut config = test_config();
     config.stores.redis_url = redis.url();
     config.stores.store_timeout_ms = 500;
+    // The reconciler rebuilds the gate after Redis returns: soon.
+    config.reconciler.interval = Duration::from_millis(50);
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 60})).await;
     assert_eq!(held(&admit_all(&app, "drop", "a", 20).await), 20);
@@ -140,7 +172,7 @@ async fn while_redis_is_away_admissions_answer_503_and_nothing_is_admitted() {
 
     // Restarted empty: the gate is rebuilt from the ledger, which has the
     // first 20 holds, so exactly the 40 units left are admitted.
-    redis.restart();
+    redis.restart().await.expect("redis-server restarts");
     let ready = async {
         for _ in 0..100 {
             let status = app

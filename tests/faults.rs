@@ -7,22 +7,37 @@
 
 mod common;
 
-use common::process::{Dropgate, PgProxy, RedisServer};
+use common::process::{start_redis, start_replica_of, Dropgate, PgProxy, RedisServer};
 use common::{assert_problem, body, spawn_app_with, test_config, TestApp, ADMIN, STOREFRONT};
 use dropgate::domain::{Position, SkuId};
+use dropgate::gate::CONSUMER_GROUP;
+use dropgate::reaper::{self, Reaper};
+use dropgate::worker::Worker;
 use futures::future::join_all;
+use redis::streams::StreamPendingReply;
+use redis::AsyncCommands;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn sku(name: &str) -> SkuId {
     SkuId::parse(name).unwrap()
 }
 
-async fn admit_ok(app: &TestApp, sku: &str, key: &str) -> String {
+/// Admits one unit for customer `key`; the 201 body.
+async fn admit_hold(app: &TestApp, sku: &str, key: &str) -> serde_json::Value {
     let response = app.admit(sku, key, key, 1).await;
     assert_eq!(response.status(), 201, "{key}");
-    body(response).await["hold_id"].as_str().unwrap().to_owned()
+    body(response).await
+}
+
+async fn admit_ok(app: &TestApp, sku: &str, key: &str) -> String {
+    admit_hold(app, sku, key).await["hold_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn assert_audit_passes(app: &TestApp) {
@@ -68,7 +83,7 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() {
-    let mut redis = RedisServer::start();
+    let mut redis = start_redis().await;
     let mut config = test_config();
     config.stores.redis_url = redis.url();
     // Only explicit flushes reach the ledger, so the window of loss is exact.
@@ -89,7 +104,7 @@ async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() 
     }
 
     redis.kill();
-    redis.restart();
+    redis.restart().await.expect("redis-server restarts");
     assert_problem(
         app.admit("drop", "during", "during", 1).await,
         503,
@@ -280,46 +295,94 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     (config.no_worker, config.no_reconciler) = (true, true);
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 5000})).await;
-    let worker = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
-
-    let admitted = tokio::spawn({
-        let (client, url) = (app.client.clone(), app.url("/v1/skus/drop/holds"));
+    let statuses = join_all((0..1500).map(|i| {
+        let app = &app;
         async move {
-            let requests = (0..1500).map(|i| {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    client
-                        .post(url)
-                        .bearer_auth(STOREFRONT)
-                        .header("Idempotency-Key", format!("k{i}"))
-                        .json(&json!({"customer_id": format!("c{i}"), "quantity": 1}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
-                }
-            });
-            join_all(requests).await
+            app.admit("drop", &format!("k{i}"), &format!("c{i}"), 1)
+                .await
+                .status()
+                .as_u16()
         }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    worker.kill();
-    let statuses = admitted.await.unwrap();
-    assert!(statuses.iter().all(|s| *s == 201));
-    let _second = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
-
-    wait_for("the ledger to have every hold", async || {
-        count(&app, "SELECT count(*) FROM holds").await == 1500
-    })
+    }))
     .await;
+    assert!(statuses.iter().all(|s| *s == 201));
+    let stream = app.key("drop", "events");
+    let mut redis = app.redis().await;
+    let in_stream: usize = redis.xlen(&stream).await.unwrap();
+
+    // The test holds the SKU's row, so the worker's commit waits for it:
+    // the worker reads its batch and is stopped inside the commit.
+    let pool = app.pg().await;
+    let mut row_lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM skus WHERE sku = 'drop' FOR UPDATE")
+        .execute(&mut *row_lock)
+        .await
+        .unwrap();
+    let worker = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
+    wait_for(
+        "the worker to read the batch and wait in its commit",
+        async || {
+            let committing: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            pending(&mut redis, &stream).await.0 == in_stream && committing > 0
+        },
+    )
+    .await;
+    let admits = "SELECT count(*) FROM movements WHERE kind = 'admit'";
+    assert_eq!(count(&app, admits).await, 0, "nothing of the batch applied");
+
+    worker.kill();
+    row_lock.rollback().await.unwrap();
+    let (left, consumers) = pending(&mut redis, &stream).await;
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
-        1500
+        (left, consumers),
+        (in_stream, 1),
+        "the whole batch is still pending, for the dead worker"
     );
+    assert_eq!(
+        count(&app, admits).await,
+        0,
+        "the dead worker's commit never happened"
+    );
+
+    // Another worker claims what the dead one left and applies it once.
+    let mut second = Worker::new(
+        app.app.clone(),
+        dropgate::worker::Config {
+            claim_idle_ms: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let report = second.run_once().await.unwrap();
+    assert_eq!(
+        (report.applied, report.skipped, report.lost.len()),
+        (1500, 0, 0)
+    );
+    assert_eq!(pending(&mut redis, &stream).await, (0, 0));
+    let again = second.run_once().await.unwrap();
+    assert_eq!((again.applied, again.skipped), (0, 0));
+    assert_eq!(count(&app, admits).await, 1500);
+    assert_eq!(count(&app, "SELECT count(*) FROM holds").await, 1500);
     assert_eq!(app.ledger_counts("drop").await, (5000, 1500, 0));
+    pool.close().await;
     assert_audit_passes(&app).await;
     app.stop().await;
+}
+
+/// Events of `stream` delivered to the ledger's consumer group but not yet
+/// acknowledged, and how many consumers hold them.
+async fn pending(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> (usize, usize) {
+    let reply: StreamPendingReply = redis.xpending(stream, CONSUMER_GROUP).await.unwrap();
+    match reply {
+        StreamPendingReply::Data(data) => (data.count, data.consumers.len()),
+        _ => (0, 0),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -332,11 +395,12 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     let server = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
 
     let url = format!("http://{listen}/v1/skus/drop/holds");
+    let held = Arc::new(AtomicU64::new(0));
     let drive = tokio::spawn({
-        let client = app.client.clone();
+        let (client, held) = (app.client.clone(), held.clone());
         async move {
             let requests = (0..2000).map(|i| {
-                let (client, url) = (client.clone(), url.clone());
+                let (client, url, held) = (client.clone(), url.clone(), held.clone());
                 async move {
                     tokio::time::sleep(Duration::from_micros(i * 300)).await;
                     let response = client
@@ -348,11 +412,11 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
                         .await
                         .ok()?;
                     (response.status() == 201).then_some(())?;
-                    Some(
-                        response.json::<serde_json::Value>().await.ok()?["hold_id"]
-                            .as_str()?
-                            .to_owned(),
-                    )
+                    let hold = response.json::<serde_json::Value>().await.ok()?["hold_id"]
+                        .as_str()?
+                        .to_owned();
+                    held.fetch_add(1, Ordering::Relaxed);
+                    Some(hold)
                 }
             });
             join_all(requests)
@@ -362,38 +426,52 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
                 .collect::<Vec<String>>()
         }
     });
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Killed once it has answered a hundred holds, with more on the way.
+    wait_for("the server to answer holds", async || {
+        held.load(Ordering::Relaxed) >= 100
+    })
+    .await;
     server.kill();
     let answered = drive.await.unwrap();
     assert!(
-        !answered.is_empty() && answered.len() < 2000,
+        answered.len() >= 100 && answered.len() < 2000,
         "killed mid-drop: {}",
         answered.len()
     );
 
-    let restarted = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+    // Another worker claims what the dead server's worker left pending (at
+    // once: no idle time to wait out) and reads the rest.
+    let mut worker = Worker::new(
+        app.app.clone(),
+        dropgate::worker::Config {
+            claim_idle_ms: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let stream = app.key("drop", "events");
+    let mut redis = app.redis().await;
+    for _ in 0..20 {
+        worker.run_once().await.unwrap();
+        if pending(&mut redis, &stream).await == (0, 0) && app.ledger_caught_up("drop").await {
+            break;
+        }
+    }
+    assert!(app.ledger_caught_up("drop").await);
+    assert_eq!(pending(&mut redis, &stream).await, (0, 0));
     let ids: Vec<uuid::Uuid> = answered
         .iter()
         .map(|h| uuid::Uuid::parse_str(h).unwrap())
         .collect();
-    let in_ledger = async || {
-        let pool = app.pg().await;
-        let found: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM holds WHERE hold_id = ANY($1) AND state = 'held'",
-        )
-        .bind(&ids)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        found
-    };
-    // The dead server's pending events are claimed once idle (5 s).
-    // The dead server's pending events are claimed once idle (5 s).
-    wait_for("every 201 the client saw to be in the ledger", async || {
-        in_ledger().await == ids.len() as i64
-    })
-    .await;
+    let pool = app.pg().await;
+    let in_ledger: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM holds WHERE hold_id = ANY($1) AND state = 'held'")
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(in_ledger, ids.len() as i64, "every 201 the client saw");
     for hold in answered.iter().take(20) {
         let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
         assert_eq!(
@@ -403,8 +481,13 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     }
     app.wait_for_ledger("drop").await;
     let gate_held = app.sku("drop").await["held"].as_i64().unwrap();
+    assert!(gate_held >= ids.len() as i64, "{gate_held}");
     assert_eq!(app.ledger_counts("drop").await, (3000, gate_held, 0));
-    drop(restarted);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        gate_held,
+        "each hold applied once"
+    );
     assert_audit_passes(&app).await;
     app.stop().await;
 }
@@ -451,20 +534,35 @@ async fn admission_goes_on_while_postgres_is_away_and_the_ledger_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn confirm_release_and_expiry_race_across_processes() {
-    let app = spawn_app_with(test_config()).await;
+    // Only the test's reaper expires, at the holds' expiry; this process
+    // confirms, the other releases.
+    let mut config = test_config();
+    config.no_reaper = true;
+    let app = spawn_app_with(config).await;
     let n = 150;
-    app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 1000}))
+    app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 60000}))
         .await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
     let other = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
 
-    let holds: Vec<String> = join_all((0..n).map(|i| {
+    let admitted: Vec<serde_json::Value> = join_all((0..n).map(|i| {
         let app = &app;
-        async move { admit_ok(app, "drop", &format!("k{i}")).await }
+        async move { admit_hold(app, "drop", &format!("k{i}")).await }
     }))
     .await;
-    tokio::time::sleep(Duration::from_millis(950)).await;
-    let outcomes = join_all(holds.iter().map(|hold| {
+    let due = admitted.iter().map(common::expires_at_ms).max().unwrap();
+    let holds: Vec<&str> = admitted
+        .iter()
+        .map(|hold| hold["hold_id"].as_str().unwrap())
+        .collect();
+    let reaper = Reaper::with_config(
+        app.app.clone(),
+        reaper::Config {
+            batch_max_holds: 10,
+            ..Default::default()
+        },
+    );
+    let requests = join_all(holds.iter().map(|hold| {
         let app = &app;
         async move {
             let release = app
@@ -478,8 +576,8 @@ async fn confirm_release_and_expiry_race_across_processes() {
                 release.unwrap().status().as_u16(),
             )
         }
-    }))
-    .await;
+    }));
+    let (outcomes, reaped) = tokio::join!(requests, reaper.run_once_at(due));
     let confirmed = outcomes.iter().filter(|o| **o == (200, 409)).count() as i64;
     let released = outcomes.iter().filter(|o| **o == (409, 200)).count() as i64;
     let expired = outcomes.iter().filter(|o| **o == (409, 409)).count() as i64;
@@ -489,7 +587,11 @@ async fn confirm_release_and_expiry_race_across_processes() {
         "exactly one winner per hold: {outcomes:?}"
     );
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        reaped.unwrap(),
+        expired as u64,
+        "every expiry was the reaper's"
+    );
     let sku_now = app.sku("drop").await;
     assert_eq!(
         (
@@ -566,16 +668,18 @@ async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 5, "hold_ttl_ms": 1000}))
         .await;
-    let hold = admit_ok(&app, "drop", "a").await;
+    let admitted = admit_hold(&app, "drop", "a").await;
+    let hold = admitted["hold_id"].as_str().unwrap();
     app.app.flush(&sku("drop"), None).await.unwrap();
     assert_eq!(app.ledger_counts("drop").await, (5, 1, 0));
 
-    // The reaper expires it, then its event vanishes before the ledger sees it.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    dropgate::reaper::Reaper::new(app.app.clone())
-        .run_once()
+    // The reaper expires it at its expiry, then its event vanishes before
+    // the ledger sees it.
+    let reaped = dropgate::reaper::Reaper::new(app.app.clone())
+        .run_once_at(common::expires_at_ms(&admitted))
         .await
         .unwrap();
+    assert_eq!(reaped, 1);
     let mut redis = app.redis().await;
     let () = redis::cmd("XTRIM")
         .arg(app.key("drop", "events"))
@@ -585,8 +689,29 @@ async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
         .await
         .unwrap();
 
-    tokio::time::sleep(Duration::from_millis(5000)).await;
+    // The ledger still has the hold as held. Its expiry placed either side
+    // of the reconciler's grace: not an orphan yet, then one.
     let reconciler = dropgate::reconciler::Reconciler::new(app.app.clone());
+    let grace_ms = dropgate::reconciler::Config::default()
+        .orphan_grace
+        .as_millis() as f64;
+    let pool = app.pg().await;
+    let expired_ago = async |ms: f64| {
+        sqlx::query(
+            "UPDATE holds SET expires_at = now() - make_interval(secs => $2::float8 / 1000)
+             WHERE hold_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(hold).unwrap())
+        .bind(ms)
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    expired_ago(grace_ms - 2000.0).await;
+    assert_eq!(reconciler.settle_orphans(&sku("drop")).await.unwrap(), 0);
+    assert_eq!(app.ledger_counts("drop").await, (5, 1, 0));
+    expired_ago(grace_ms + 1.0).await;
+    pool.close().await;
     assert_eq!(reconciler.settle_orphans(&sku("drop")).await.unwrap(), 1);
     assert_eq!(app.ledger_counts("drop").await, (5, 0, 0));
     let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
@@ -598,8 +723,11 @@ async fn a_settling_event_lost_on_the_way_is_settled_by_the_reconciler() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admissions_can_wait_for_a_replica() {
-    let primary = RedisServer::start();
-    let replica = RedisServer::start_replica_of(primary.port);
+    // A replica syncs at once, not after the default 5 s diskless-sync delay.
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"])
+        .await
+        .expect("redis-server starts");
+    let replica = start_replica_of(primary.port()).await;
     let mut config = test_config();
     config.stores.redis_url = primary.url();
     (config.redis_wait_replicas, config.redis_wait_timeout_ms) = (1, 2000);

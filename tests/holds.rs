@@ -4,15 +4,27 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app, spawn_app_with, test_config, TestApp};
+use common::{
+    assert_problem, body, expires_at_ms, spawn_app, spawn_app_with, test_config, TestApp,
+};
+use dropgate::reaper::{self, Reaper};
+use dropgate::telemetry::metric;
 use futures::future::join_all;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 async fn admit_one(app: &TestApp, sku: &str, key: &str) -> String {
     let response = app.admit(sku, key, &format!("c-{key}"), 1).await;
     assert_eq!(response.status(), 201);
     body(response).await["hold_id"].as_str().unwrap().to_owned()
+}
+
+/// Admits one unit for customer `c-<key>`; the 201 body.
+async fn admit(app: &TestApp, sku: &str, key: &str) -> Value {
+    let response = app.admit(sku, key, &format!("c-{key}"), 1).await;
+    assert_eq!(response.status(), 201);
+    body(response).await
 }
 
 async fn action(app: &TestApp, hold: &str, what: &str) -> (u16, Value) {
@@ -144,7 +156,10 @@ async fn extend_moves_expiry_at_most_max_extensions_times() {
 
     let (status, extended) = action(&app, hold, "extend").await;
     assert_eq!(status, 200);
-    assert!(extended["expires_at"].as_str() > first["expires_at"].as_str());
+    assert!(
+        expires_at_ms(&extended) > expires_at_ms(&first),
+        "{extended} {first}"
+    );
     assert_eq!(extended["extensions"], 1);
     assert_problem(
         app.hold_action(hold, "extend").await,
@@ -158,23 +173,36 @@ async fn extend_moves_expiry_at_most_max_extensions_times() {
 }
 
 #[tokio::test]
-async fn abandoned_holds_expire_within_a_second_and_return_units_once() {
-    let app = spawn_app().await;
-    app.create_sku("drop", json!({"on_hand": 3, "hold_ttl_ms": 1000}))
+async fn abandoned_holds_expire_at_their_expiry_and_return_units_once() {
+    // The test is the reaper, at the times it picks.
+    let mut config = test_config();
+    config.no_reaper = true;
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 3, "hold_ttl_ms": 60000}))
         .await;
     let holds = [
-        admit_one(&app, "drop", "a").await,
-        admit_one(&app, "drop", "b").await,
+        admit(&app, "drop", "a").await,
+        admit(&app, "drop", "b").await,
     ];
+    let due: Vec<i64> = holds.iter().map(expires_at_ms).collect();
+    let (first, last) = (due[0].min(due[1]), due[0].max(due[1]));
     assert_eq!(app.sku("drop").await["available"], 1);
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reaper = Reaper::new(app.app.clone());
+    let at = |now_ms| app.metrics.scope(reaper.run_once_at(now_ms));
+    assert_eq!(at(first - 1).await.unwrap(), 0, "not due before expires_at");
+    assert_eq!(app.sku("drop").await["available"], 1);
+    assert_eq!(at(last).await.unwrap(), 2, "due at expires_at");
+    assert_eq!(at(last + 3_600_000).await.unwrap(), 0, "expired once");
+    assert_eq!(app.metrics.counter(metric::HOLDS_EXPIRED_TOTAL, &[]), 2);
+
     let sku = app.sku("drop").await;
     assert_eq!(
         (sku["available"].as_i64(), sku["held"].as_i64()),
         (Some(3), Some(0))
     );
     for hold in &holds {
+        let hold = hold["hold_id"].as_str().unwrap();
         let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
         assert_eq!(shown["state"], "expired");
         assert_problem(app.hold_action(hold, "confirm").await, 409, "hold_expired").await;
@@ -194,27 +222,77 @@ async fn abandoned_holds_expire_within_a_second_and_return_units_once() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn the_background_reaper_expires_due_holds_every_interval() {
+    let mut config = test_config();
+    config.reaper.interval = Duration::from_millis(10);
+    // An hour ahead: to this reaper every hold is due as soon as it exists.
+    config.reaper.clock = Some(Arc::new(dropgate::clock::ManualClock::at(
+        dropgate::clock::system().now_ms() + 3_600_000,
+    )));
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 3, "hold_ttl_ms": 60000}))
+        .await;
+    let holds = [
+        admit_one(&app, "drop", "a").await,
+        admit_one(&app, "drop", "b").await,
+    ];
+    for _ in 0..200 {
+        if app.sku("drop").await["held"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sku = app.sku("drop").await;
+    assert_eq!(
+        (sku["available"].as_i64(), sku["held"].as_i64()),
+        (Some(3), Some(0))
+    );
+    for hold in &holds {
+        let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
+        assert_eq!(shown["state"], "expired");
+    }
+    // Counted in the app's metrics: the service runs in its scope.
+    assert_eq!(app.metrics.counter(metric::HOLDS_EXPIRED_TOTAL, &[]), 2);
+    app.wait_for_ledger("drop").await;
+    assert_eq!(app.ledger_counts("drop").await, (3, 0, 0));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn confirm_release_and_expiry_race_with_exactly_one_winner_per_hold() {
-    let app = spawn_app().await;
+    // Only the test's reaper expires, at the holds' expiry, in small
+    // batches so its calls interleave with the requests.
+    let mut config = test_config();
+    config.no_reaper = true;
+    let app = spawn_app_with(config).await;
     let n = 200;
-    app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 1000}))
+    app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 60000}))
         .await;
     let holds = join_all((0..n).map(|i| {
         let app = &app;
-        async move { admit_one(app, "drop", &format!("k{i}")).await }
+        async move { admit(app, "drop", &format!("k{i}")).await }
     }))
     .await;
+    let due = holds.iter().map(expires_at_ms).max().unwrap();
+    let reaper = Reaper::with_config(
+        app.app.clone(),
+        reaper::Config {
+            batch_max_holds: 10,
+            ..Default::default()
+        },
+    );
 
-    // Fire confirm and release for every hold right around its expiry, while
-    // the reaper runs.
-    tokio::time::sleep(Duration::from_millis(950)).await;
-    let outcomes = join_all(holds.iter().map(|hold| async {
+    // Fire confirm and release for every hold while the reaper, its clock
+    // at their expiry, expires them.
+    let requests = join_all(holds.iter().map(|hold| async {
+        let hold = hold["hold_id"].as_str().unwrap();
         let (confirm, release) =
             tokio::join!(action(&app, hold, "confirm"), action(&app, hold, "release"));
         (confirm, release)
-    }))
-    .await;
+    }));
+    let (outcomes, reaped) = tokio::join!(requests, reaper.run_once_at(due));
+    let reaped = reaped.unwrap();
 
     let (mut confirmed, mut released, mut expired) = (0, 0, 0);
     for ((c_status, c), (r_status, r)) in &outcomes {
@@ -238,8 +316,8 @@ async fn confirm_release_and_expiry_race_with_exactly_one_winner_per_hold() {
         }
     }
     assert_eq!(confirmed + released + expired, n);
+    assert_eq!(reaped, expired as u64, "every expiry was the reaper's");
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let sku = app.sku("drop").await;
     assert_eq!(sku["sold"], confirmed);
     assert_eq!(sku["held"], 0);

@@ -7,10 +7,15 @@ mod common;
 
 use common::process::{free_port, Dropgate};
 use common::{body, spawn_app_with, test_config, ADMIN, PG_BASE, STOREFRONT};
+use dropgate::reconciler::Reconciler;
+use dropgate::telemetry::metric;
 use futures::future::join_all;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The value of one sample line of the Prometheus text, e.g.
@@ -29,72 +34,171 @@ async fn metrics_tell_what_the_drop_is_doing() {
     config.no_reconciler = true;
     let app = spawn_app_with(config).await;
     app.create_sku("metered", json!({"on_hand": 2})).await;
-    let before = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let held_before = sample(
-        &before,
-        r#"dropgate_admissions_by_sku_total{sku="metered",outcome="held"}"#,
-    )
-    .unwrap_or(0.0);
     for i in 0..3 {
         app.admit("metered", &format!("k{i}"), &format!("c{i}"), 1)
             .await;
     }
     app.admit("metered", "k0", "c0", 1).await;
     app.wait_for_ledger("metered").await;
-    dropgate::reconciler::Reconciler::new(app.app.clone())
-        .run_once()
-        .await
-        .unwrap();
+    app.wait_until_trimmed("metered").await;
+    // In the app's scope, so the pass records into the app's metrics.
+    let reconciler = Reconciler::new(app.app.clone());
+    app.metrics.scope(reconciler.run_once()).await.unwrap();
 
+    // The figures, read as numbers from this test's own metrics.
+    let m = &app.metrics;
+    let admissions = BTreeMap::from([
+        ("held".to_owned(), 2),
+        ("replayed".to_owned(), 1),
+        ("sold_out".to_owned(), 1),
+    ]);
+    assert_eq!(
+        m.counter_by(metric::ADMISSIONS_TOTAL, "outcome"),
+        admissions
+    );
+    let by_sku = |outcome: &str| {
+        m.counter(
+            metric::ADMISSIONS_BY_SKU_TOTAL,
+            &[("sku", "metered"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (by_sku("held"), by_sku("sold_out"), by_sku("replayed")),
+        (2, 1, 1)
+    );
+    assert_eq!(m.histogram(metric::ADMISSION_DURATION_SECONDS, &[]).0, 4);
+    assert_eq!(
+        m.histogram(
+            metric::REDIS_SCRIPT_DURATION_SECONDS,
+            &[("script", "admit")]
+        )
+        .0,
+        4
+    );
+    // PUT and four POSTs.
+    assert_eq!(m.histogram(metric::HTTP_REQUEST_DURATION_SECONDS, &[]).0, 5);
+    assert_eq!(
+        m.histogram(
+            metric::HTTP_REQUEST_DURATION_SECONDS,
+            &[("route", "/v1/skus/{sku}/holds"), ("status", "201")]
+        )
+        .0,
+        3,
+        "two holds and the replay"
+    );
+    // The SKU's creation and two holds; the rejection and the replay
+    // appended no event.
+    assert_eq!(m.counter(metric::LEDGER_EVENTS_APPLIED_TOTAL, &[]), 3);
+    assert_eq!(m.counter(metric::LEDGER_EVENTS_SKIPPED_TOTAL, &[]), 0);
+    assert_eq!(m.counter(metric::LEDGER_HOLDS_LOST_TOTAL, &[]), 0);
+    let (batches, batched_events) = m.histogram(metric::WORKER_BATCH_EVENTS, &[]);
+    // The PUT applied the SKU's creation itself; the worker the two holds,
+    // each in exactly one batch.
+    assert_eq!(batched_events, 2.0);
+    assert_eq!(
+        m.histogram(metric::WORKER_COMMIT_DURATION_SECONDS, &[]).0,
+        batches,
+        "one commit per batch"
+    );
+    assert!((1..=2).contains(&batches), "{batches}");
+    let lag = m
+        .gauge(metric::COMMIT_LAG_SECONDS, &[])
+        .expect("a commit lag");
+    assert!(lag.is_finite() && lag >= 0.0, "{lag}");
+    assert_eq!(m.counter(metric::WORKER_ERRORS_TOTAL, &[]), 0);
+    assert_eq!(
+        m.gauge(metric::STREAM_BACKLOG_EVENTS, &[("sku", "metered")]),
+        Some(0.0)
+    );
+    for counter in ["on_hand", "held", "sold"] {
+        assert_eq!(
+            m.gauge(
+                metric::RECONCILER_DRIFT_UNITS,
+                &[("sku", "metered"), ("counter", counter)]
+            ),
+            Some(0.0),
+            "{counter}"
+        );
+    }
+    assert_eq!(m.counter(metric::RECONCILER_REPAIRS_TOTAL, &[]), 0);
+    for (state, holds) in [
+        ("held", 2.0),
+        ("confirmed", 0.0),
+        ("released", 0.0),
+        ("expired", 0.0),
+        ("lost", 0.0),
+    ] {
+        assert_eq!(
+            m.gauge(metric::HOLDS, &[("state", state)]),
+            Some(holds),
+            "{state}"
+        );
+    }
+    assert_eq!(
+        m.counter(metric::GATE_REBUILDS_TOTAL, &[]),
+        1,
+        "built once, at start-up"
+    );
+    assert_eq!(
+        m.gauge(
+            metric::BUILD_INFO,
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+
+    // The same figures in the Prometheus text.
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert!(response.headers()["content-type"]
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
-    let by_sku = |outcome: &str| {
-        sample(
-            &text,
-            &format!(r#"dropgate_admissions_by_sku_total{{sku="metered",outcome="{outcome}"}}"#),
-        )
-    };
-    assert_eq!(by_sku("held").unwrap() - held_before, 2.0);
-    assert!(by_sku("sold_out").unwrap() >= 1.0);
-    assert!(by_sku("replayed").unwrap() >= 1.0);
-    for series in [
-        "dropgate_admissions_total{outcome=\"held\"}",
-        "dropgate_admission_duration_seconds_count",
-        "dropgate_redis_script_duration_seconds_count{script=\"admit\"}",
-        "dropgate_http_request_duration_seconds_count",
-        "dropgate_ledger_events_applied_total",
-        "dropgate_worker_batch_events_count",
-        "dropgate_worker_commit_duration_seconds_count",
-        "dropgate_commit_lag_seconds",
-        "dropgate_stream_backlog_events{sku=\"metered\"}",
-        "dropgate_reconciler_drift_units{sku=\"metered\",counter=\"held\"}",
-        "dropgate_holds{state=\"held\"}",
-        "dropgate_gate_rebuilds_total",
-        "dropgate_build_info{version=",
+    for (series, value) in [
+        (r#"dropgate_admissions_total{outcome="held"}"#, 2.0),
+        (r#"dropgate_admissions_total{outcome="sold_out"}"#, 1.0),
+        (r#"dropgate_admissions_total{outcome="replayed"}"#, 1.0),
+        (
+            r#"dropgate_admissions_by_sku_total{sku="metered",outcome="held"}"#,
+            2.0,
+        ),
+        ("dropgate_admission_duration_seconds_count", 4.0),
+        (
+            r#"dropgate_redis_script_duration_seconds_count{script="admit"}"#,
+            4.0,
+        ),
+        ("dropgate_ledger_events_applied_total", 3.0),
+        ("dropgate_worker_batch_events_sum", 2.0),
+        ("dropgate_worker_batch_events_count", batches as f64),
+        (
+            "dropgate_worker_commit_duration_seconds_count",
+            batches as f64,
+        ),
+        ("dropgate_commit_lag_seconds", lag),
+        (r#"dropgate_stream_backlog_events{sku="metered"}"#, 0.0),
+        (
+            r#"dropgate_reconciler_drift_units{sku="metered",counter="held"}"#,
+            0.0,
+        ),
+        (r#"dropgate_holds{state="held"}"#, 2.0),
+        ("dropgate_gate_rebuilds_total", 1.0),
     ] {
-        assert!(
-            text.lines().any(|l| l.starts_with(series)),
-            "missing {series}"
-        );
+        assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
     }
     assert_eq!(
         sample(
             &text,
-            "dropgate_reconciler_drift_units{sku=\"metered\",counter=\"held\"}"
+            &format!(
+                r#"dropgate_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            )
         ),
-        Some(0.0)
+        Some(1.0)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dropgate_http_request_duration_seconds_count")),
+        "{text}"
     );
     app.stop().await;
 }
@@ -127,27 +231,40 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_nothing() {
         .build()
         .unwrap();
     let url = format!("http://{listen}/v1/skus/drop/holds");
-    let load = tokio::spawn(async move {
-        join_all((0..REQUESTS).map(|i| {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                tokio::time::sleep(Duration::from_millis(i * 2)).await;
-                let sent = client
-                    .post(url)
-                    .bearer_auth(STOREFRONT)
-                    .header("Idempotency-Key", format!("k{i}"))
-                    .json(&json!({"customer_id": format!("c{i}"), "quantity": 1}))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(response) => Ok(response.status().as_u16()),
-                    Err(error) => Err(error.is_connect()),
+    let answered = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn({
+        let answered = answered.clone();
+        async move {
+            join_all((0..REQUESTS).map(|i| {
+                let (client, url, answered) = (client.clone(), url.clone(), answered.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(i * 2)).await;
+                    let sent = client
+                        .post(url)
+                        .bearer_auth(STOREFRONT)
+                        .header("Idempotency-Key", format!("k{i}"))
+                        .json(&json!({"customer_id": format!("c{i}"), "quantity": 1}))
+                        .send()
+                        .await;
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    match sent {
+                        Ok(response) => Ok(response.status().as_u16()),
+                        Err(error) => Err(error.is_connect()),
+                    }
                 }
-            }
-        }))
-        .await
+            }))
+            .await
+        }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // SIGTERM once the load runs: a quarter answered, the rest still coming.
+    let running = async {
+        while answered.load(Ordering::Relaxed) < REQUESTS / 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the server answers under load");
     let pid = server.pid().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

@@ -96,7 +96,7 @@ impl Dropgate {
             if acknowledged < replicas {
                 // The hold exists on the primary; answering 503 would only
                 // make the client retry into a replay. Count it instead.
-                metrics::counter!("dropgate_redis_wait_short_total").increment(1);
+                metrics::counter!(crate::telemetry::metric::REDIS_WAIT_SHORT_TOTAL).increment(1);
                 tracing::warn!(
                     acknowledged,
                     replicas,

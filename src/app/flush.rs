@@ -69,9 +69,12 @@ impl Dropgate {
     /// it, and tells the gate about every admission the ledger refused, so
     /// its units leave `held` there too.
     pub async fn applied(&self, report: &ApplyReport) -> Result<(), AppError> {
-        metrics::counter!("dropgate_ledger_events_applied_total").increment(report.applied);
-        metrics::counter!("dropgate_ledger_events_skipped_total").increment(report.skipped);
-        metrics::counter!("dropgate_ledger_holds_lost_total").increment(report.lost.len() as u64);
+        metrics::counter!(crate::telemetry::metric::LEDGER_EVENTS_APPLIED_TOTAL)
+            .increment(report.applied);
+        metrics::counter!(crate::telemetry::metric::LEDGER_EVENTS_SKIPPED_TOTAL)
+            .increment(report.skipped);
+        metrics::counter!(crate::telemetry::metric::LEDGER_HOLDS_LOST_TOTAL)
+            .increment(report.lost.len() as u64);
         for lost in &report.lost {
             let was = self.gate.lose(&lost.sku, lost.hold_id).await?;
             tracing::error!(sku = %lost.sku, hold_id = %lost.hold_id, quantity = lost.quantity, was = ?was,

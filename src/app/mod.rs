@@ -102,7 +102,7 @@ impl Dropgate {
     /// Records the SKUs the worker found unknown to the ledger (replacing
     /// the last finding).
     pub fn set_unknown_skus(&self, skus: BTreeSet<SkuId>) {
-        metrics::gauge!("dropgate_ledger_unknown_skus").set(skus.len() as f64);
+        metrics::gauge!(crate::telemetry::metric::LEDGER_UNKNOWN_SKUS).set(skus.len() as f64);
         if let Ok(mut unknown) = self.unknown_skus.write() {
             *unknown = skus;
         }

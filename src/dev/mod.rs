@@ -1,7 +1,12 @@
 //! `dropgate dev`: the zero-setup local run. Finds or starts Redis and
 //! Postgres, migrates, seeds a demo drop, prints how to use it, serves.
 
+mod process;
+mod redis_server;
 pub mod services;
+
+pub use process::free_port;
+pub use redis_server::RedisServer;
 
 use crate::config::{DevConfig, ServeConfig, StoreConfig};
 use crate::domain::{SkuId, SkuSettings};
@@ -22,23 +27,12 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         stores: StoreConfig {
             database_url: services.database_url.clone(),
             redis_url: services.redis_url.clone(),
-            key_prefix: "dg".to_owned(),
-            store_timeout_ms: 2000,
+            ..StoreConfig::default()
         },
         listen: config.listen,
         admin_token: Some(DEV_ADMIN_TOKEN.to_owned()),
         storefront_tokens: vec![DEV_STOREFRONT_TOKEN.to_owned()],
-        customer_rps: 10,
-        global_rps: 0,
-        admission: crate::app::AdmissionMode::Redis,
-        redis_down: None,
-        redis_wait_replicas: 0,
-        shutdown_delay_ms: 0,
-        redis_wait_timeout_ms: 100,
-        no_worker: false,
-        no_reaper: false,
-        no_reconciler: false,
-        log_json: false,
+        ..ServeConfig::default()
     };
     let app = Application::build(serve).await?;
     let sku = SkuId::parse(DEMO_SKU).map_err(|e| anyhow::anyhow!("{e}"))?;

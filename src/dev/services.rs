@@ -8,19 +8,20 @@
 //! returned [`Services`] is dropped.
 
 use std::ffi::OsString;
-use std::fs::{self, File};
-use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use sqlx::{Connection, PgConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::process::{
+    find_in_path, free_port, is_executable, path_dirs, spawn_logged, wait_until_ready,
+    ProcessGuard, ServiceGuard, TempDir,
+};
+use super::redis_server::{self, RedisServer};
 
 const LOCAL_REDIS: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6379);
@@ -32,13 +33,8 @@ const PG_VERSIONED_ROOT: &str = "/usr/lib/postgresql";
 
 const REDIS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const PG_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
 const PG_START_TIMEOUT: Duration = Duration::from_secs(30);
 const INITDB_TIMEOUT: Duration = Duration::from_secs(120);
-const READY_POLL: Duration = Duration::from_millis(50);
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-const STOP_POLL: Duration = Duration::from_millis(20);
-const LOG_TAIL_LINES: usize = 20;
 
 /// Where the stores for a dev run live, and ownership of any servers this
 /// module started for it.
@@ -48,14 +44,16 @@ pub struct Services {
     pub database_url: String,
     /// human-readable lines describing where each came from, e.g. "redis: using 127.0.0.1:6379" or "postgres: started private server in /tmp/... on port 54xx"
     pub notes: Vec<String>,
-    /// Dropped with `Services`; each stops its server and removes its dir.
-    guards: Vec<ServiceGuard>,
+    /// Servers started for this run, dropped with `Services`: each stops
+    /// and its dir is removed. Redis first, as Postgres outlives it below.
+    redis: Option<RedisServer>,
+    postgres: Option<ServiceGuard>,
 }
 
 impl Services {
     /// Whether dropping this stops any server (so callers can say so).
     pub fn started_any(&self) -> bool {
-        !self.guards.is_empty()
+        self.redis.is_some() || self.postgres.is_some()
     }
 }
 
@@ -66,22 +64,21 @@ pub async fn ensure_services(database_name: &str) -> anyhow::Result<Services> {
         ensure_redis(env_url("REDIS_URL")),
         ensure_postgres(env_url("DATABASE_URL"), database_name),
     )?;
-    let notes = vec![redis.note, postgres.note];
-    let guards = redis.guard.into_iter().chain(postgres.guard).collect();
     Ok(Services {
         redis_url: redis.url,
         database_url: postgres.url,
-        notes,
-        guards,
+        notes: vec![redis.note, postgres.note],
+        redis: redis.guard,
+        postgres: postgres.guard,
     })
 }
 
-/// One store, resolved.
+/// One store, resolved; `guard` owns the server if this module started it.
 #[derive(Debug)]
-struct Found {
+struct Found<G> {
     url: String,
     note: String,
-    guard: Option<ServiceGuard>,
+    guard: Option<G>,
 }
 
 fn env_url(name: &str) -> Option<String> {
@@ -92,7 +89,7 @@ fn env_url(name: &str) -> Option<String> {
 
 // ---------------------------------------------------------------- Redis
 
-async fn ensure_redis(from_env: Option<String>) -> anyhow::Result<Found> {
+async fn ensure_redis(from_env: Option<String>) -> anyhow::Result<Found<RedisServer>> {
     if let Some(url) = from_env {
         // The URL may carry a password, so the note does not echo it.
         return Ok(Found {
@@ -101,81 +98,39 @@ async fn ensure_redis(from_env: Option<String>) -> anyhow::Result<Found> {
             guard: None,
         });
     }
-    if redis_pings(LOCAL_REDIS, REDIS_PROBE_TIMEOUT).await {
+    if redis_server::pings(LOCAL_REDIS, REDIS_PROBE_TIMEOUT).await {
         return Ok(Found {
             url: LOCAL_REDIS_URL.to_owned(),
             note: format!("redis: using {LOCAL_REDIS}"),
             guard: None,
         });
     }
-    let Some(bin) = find_in_path("redis-server") else {
+    if find_in_path("redis-server").is_none() {
         bail!(
             "no Redis at {LOCAL_REDIS} and no redis-server on PATH: install it \
              (apt-get install redis-server) or run `docker compose up -d redis`, \
              or point REDIS_URL at a Redis"
         );
-    };
-    let (guard, port) = start_private_redis(&bin).await?;
+    }
+    let server = RedisServer::start().await?;
     let note = format!(
-        "redis: started private redis-server on 127.0.0.1:{port} (dir {})",
-        guard.dir.path().display()
+        "redis: started private redis-server on 127.0.0.1:{} (dir {})",
+        server.port(),
+        server.dir().unwrap_or(Path::new("?")).display()
     );
     Ok(Found {
-        url: format!("redis://127.0.0.1:{port}/0"),
+        url: server.url(),
         note,
-        guard: Some(guard),
+        guard: Some(server),
     })
-}
-
-/// True only if `addr` answers a RESP `PING` with `+PONG`; a Redis that wants
-/// AUTH answers `-NOAUTH` and so does not count as usable.
-async fn redis_pings(addr: SocketAddr, timeout: Duration) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
-        let mut reply = [0u8; 7];
-        stream.read_exact(&mut reply).await?;
-        Ok::<bool, std::io::Error>(&reply == b"+PONG\r\n")
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(true)))
-}
-
-async fn start_private_redis(bin: &Path) -> anyhow::Result<(ServiceGuard, u16)> {
-    let dir = TempDir::create(&std::env::temp_dir(), "redis")?;
-    let port = free_port()?;
-    let log = dir.path().join("redis.log");
-    let mut cmd = Command::new(bin);
-    cmd.arg("--port")
-        .arg(port.to_string())
-        .args(["--bind", "127.0.0.1"])
-        // Nothing in a throwaway dev store is worth persisting.
-        .args(["--save", "", "--appendonly", "no"])
-        .args(["--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .current_dir(dir.path());
-    let child = spawn_logged(cmd, &log).with_context(|| format!("starting {}", bin.display()))?;
-    let mut guard = ServiceGuard {
-        process: ProcessGuard {
-            name: "redis-server",
-            child,
-            stop_signal: "TERM",
-            pid_file: None,
-        },
-        log,
-        dir,
-    };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until_ready(&mut guard, REDIS_START_TIMEOUT, || {
-        redis_pings(addr, REDIS_PROBE_TIMEOUT)
-    })
-    .await?;
-    Ok((guard, port))
 }
 
 // ---------------------------------------------------------------- Postgres
 
-async fn ensure_postgres(from_env: Option<String>, database_name: &str) -> anyhow::Result<Found> {
+async fn ensure_postgres(
+    from_env: Option<String>,
+    database_name: &str,
+) -> anyhow::Result<Found<ServiceGuard>> {
     if let Some(url) = from_env {
         return Ok(Found {
             url,
@@ -514,197 +469,7 @@ async fn start_private_postgres(bins: &PgBins) -> anyhow::Result<(ServiceGuard, 
     Ok((guard, port))
 }
 
-// ---------------------------------------------------------------- processes
-
-/// A started server plus its temp dir. Field order matters: the process is
-/// stopped before its dir is removed.
-#[derive(Debug)]
-struct ServiceGuard {
-    process: ProcessGuard,
-    log: PathBuf,
-    dir: TempDir,
-}
-
-impl ServiceGuard {
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-        lines[start..].join("\n")
-    }
-}
-
-async fn wait_until_ready<F, Fut>(
-    guard: &mut ServiceGuard,
-    timeout: Duration,
-    mut probe: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let name = guard.process.name;
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe().await {
-            return Ok(());
-        }
-        if let Some(status) = guard
-            .process
-            .child
-            .try_wait()
-            .context("checking on the child")?
-        {
-            bail!(
-                // The log dies with the temp dir, so its tail goes in here.
-                "{name} exited ({status}) before accepting connections; its log ends:\n{}",
-                guard.log_tail()
-            );
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "{name} did not accept connections within {timeout:?}; its log ends:\n{}",
-                guard.log_tail()
-            );
-        }
-        tokio::time::sleep(READY_POLL).await;
-    }
-}
-
-fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    // A process group of its own keeps a terminal Ctrl-C from killing the
-    // stores while dropgate still drains into them; Drop stops them after.
-    cmd.process_group(0);
-    Ok(cmd.spawn()?)
-}
-
-/// A child server that is stopped gracefully when dropped.
-#[derive(Debug)]
-struct ProcessGuard {
-    name: &'static str,
-    child: Child,
-    /// Name as `kill -s` takes it.
-    stop_signal: &'static str,
-    /// When set, the pid on its first line is the process to signal.
-    pid_file: Option<PathBuf>,
-}
-
-impl Drop for ProcessGuard {
-    fn drop(&mut self) {
-        let child_pid = self.child.id();
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let target = self
-            .pid_file
-            .as_deref()
-            .and_then(read_pid_file)
-            .unwrap_or(child_pid);
-        if send_signal(target, self.stop_signal).is_err() {
-            let _ = self.child.kill();
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(STOP_POLL),
-                _ => break,
-            }
-        }
-        tracing::warn!(
-            name = self.name,
-            pid = target,
-            "did not stop within {STOP_TIMEOUT:?}; killing it"
-        );
-        let _ = self.child.kill();
-        if target != child_pid {
-            let _ = send_signal(target, "KILL");
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn read_pid_file(path: &Path) -> Option<u32> {
-    fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Through kill(1): std only sends SIGKILL, and `unsafe` (libc) is forbidden.
-fn send_signal(pid: u32, signal: &str) -> std::io::Result<()> {
-    let status = Command::new("kill")
-        .args(["-s", signal])
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "kill -s {signal} {pid}: {status}"
-        )))
-    }
-}
-
-/// A directory removed, with everything in it, when dropped.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn create(base: &Path, kind: &str) -> anyhow::Result<Self> {
-        let path = base.join(format!("dropgate-{kind}-{}", uuid::Uuid::new_v4().simple()));
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove temp dir");
-        }
-    }
-}
-
 // ---------------------------------------------------------------- small helpers
-
-/// The OS picks a port nobody holds; the listener is dropped so the server
-/// can bind it. Another process could grab it in between; that race is rare
-/// enough on a dev machine to accept.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn path_dirs() -> Vec<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default()
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    path_dirs()
-        .into_iter()
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
 
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -728,32 +493,12 @@ fn shell_quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::process::{read_pid_file, STOP_TIMEOUT};
     use super::*;
+    use std::time::Instant;
 
     fn process_alive(pid: u32) -> bool {
         Path::new(&format!("/proc/{pid}")).exists()
-    }
-
-    #[tokio::test]
-    async fn private_redis_answers_and_is_gone_after_drop() -> anyhow::Result<()> {
-        let bin = find_in_path("redis-server").context("redis-server is not on PATH")?;
-        let (guard, port) = start_private_redis(&bin).await?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        assert!(redis_pings(addr, REDIS_PROBE_TIMEOUT).await);
-        let dir = guard.dir.path().to_path_buf();
-        let pid = guard.process.child.id();
-        assert!(dir.is_dir());
-
-        drop(guard);
-
-        assert!(!redis_pings(addr, REDIS_PROBE_TIMEOUT).await);
-        assert!(
-            TcpStream::connect(addr).await.is_err(),
-            "port {port} still open"
-        );
-        assert!(!process_alive(pid), "redis-server {pid} still running");
-        assert!(!dir.exists(), "{} not removed", dir.display());
-        Ok(())
     }
 
     #[tokio::test]
@@ -824,7 +569,7 @@ mod tests {
             .context("unexpected url")?;
         let addr: SocketAddr = hostport.parse()?;
         assert!(
-            redis_pings(addr, REDIS_PROBE_TIMEOUT).await,
+            redis_server::pings(addr, REDIS_PROBE_TIMEOUT).await,
             "{}",
             found.note
         );

@@ -148,7 +148,7 @@ impl Gate {
             .invoke_async(&mut self.conn.clone())
             .await?;
         // Round trip included.
-        metrics::histogram!("dropgate_redis_script_duration_seconds", "script" => request.name())
+        metrics::histogram!(crate::telemetry::metric::REDIS_SCRIPT_DURATION_SECONDS, "script" => request.name())
             .record(started.elapsed().as_secs_f64());
         request.decode(reply)
     }

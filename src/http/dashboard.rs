@@ -9,6 +9,7 @@ use crate::domain::SkuFigures as Figures;
 use crate::domain::SkuId;
 use crate::gate::Gate;
 use crate::ledger::LedgerSku;
+use crate::telemetry::metric;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -207,10 +208,13 @@ pub async fn collect(state: &AppState) -> Dashboard {
         })
         .collect();
 
-    let metrics = parse_metrics(&state.metrics.render());
     let mut admissions_total: BTreeMap<String, u64> =
         OUTCOMES.iter().map(|o| ((*o).to_owned(), 0)).collect();
-    admissions_total.extend(metrics.admissions);
+    admissions_total.extend(
+        state
+            .metrics
+            .counter_by(metric::ADMISSIONS_TOTAL, "outcome"),
+    );
 
     Dashboard {
         generated_at: now_rfc3339(),
@@ -227,7 +231,10 @@ pub async fn collect(state: &AppState) -> Dashboard {
         }),
         skus,
         admissions_total,
-        commit_lag_seconds: metrics.commit_lag_seconds,
+        commit_lag_seconds: state
+            .metrics
+            .gauge(metric::COMMIT_LAG_SECONDS, &[])
+            .filter(|lag| lag.is_finite()),
     }
 }
 
@@ -311,153 +318,9 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// The figures the dashboard takes from the Prometheus text exposition.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct MetricFigures {
-    /// `dropgate_admissions_total` by its `outcome` label.
-    pub admissions: BTreeMap<String, u64>,
-    /// `dropgate_commit_lag_seconds`, if the worker has committed anything.
-    pub commit_lag_seconds: Option<f64>,
-}
-
-/// Reads admissions by outcome and the commit lag from Prometheus text.
-/// Lines it does not understand are skipped.
-pub fn parse_metrics(text: &str) -> MetricFigures {
-    let mut figures = MetricFigures::default();
-    for line in text.lines() {
-        let Some((name, labels, value)) = parse_sample(line) else {
-            continue;
-        };
-        match name {
-            "dropgate_admissions_total" => {
-                let outcome = labels.iter().find(|(k, _)| k == "outcome");
-                if let Some((_, outcome)) = outcome {
-                    if value.is_finite() && value >= 0.0 {
-                        *figures.admissions.entry(outcome.clone()).or_default() += value as u64;
-                    }
-                }
-            }
-            "dropgate_commit_lag_seconds" if value.is_finite() => {
-                figures.commit_lag_seconds = Some(value);
-            }
-            _ => {}
-        }
-    }
-    figures
-}
-
-/// A sample's labels, in order: (name, value).
-type Labels = Vec<(String, String)>;
-
-/// One sample line: `name{label="value",...} number [timestamp]`.
-fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or(line.len());
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(inner) = rest.strip_prefix('{') {
-        let (parsed, after) = parse_labels(inner)?;
-        labels = parsed;
-        rest = after;
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        other => other.parse().ok()?,
-    };
-    (!name.is_empty()).then_some((name, labels, value))
-}
-
-/// Parses `k="v",k2="v2"}` (after the `{`); returns the labels and the rest.
-fn parse_labels(mut s: &str) -> Option<(Labels, &str)> {
-    let mut labels = Vec::new();
-    loop {
-        s = s.trim_start_matches([' ', ',']);
-        if let Some(after) = s.strip_prefix('}') {
-            return Some((labels, after));
-        }
-        let eq = s.find('=')?;
-        let key = s[..eq].trim().to_owned();
-        s = s[eq + 1..].trim_start().strip_prefix('"')?;
-        let mut value = String::new();
-        let mut chars = s.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        labels.push((key, value));
-        s = &s[end + 1..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SAMPLE: &str = r#"# TYPE dropgate_admissions_total counter
-dropgate_admissions_total{outcome="held"} 5
-dropgate_admissions_total{outcome="sold_out"} 12
-dropgate_admissions_total{instance="a b",outcome="rate_limited"} 3 1700000000000
-dropgate_admissions_total{outcome="we\"ird\\"} 1
-
-# TYPE dropgate_commit_lag_seconds gauge
-dropgate_commit_lag_seconds 0.042
-# TYPE dropgate_admission_duration_seconds summary
-dropgate_admission_duration_seconds{quantile="0.5"} 0.001
-dropgate_admission_duration_seconds_sum 0.5
-dropgate_admissions_total_other{outcome="held"} 99
-garbage line {
-"#;
-
-    #[test]
-    fn reads_admissions_by_outcome() {
-        let figures = parse_metrics(SAMPLE);
-        assert_eq!(figures.admissions.get("held"), Some(&5));
-        assert_eq!(figures.admissions.get("sold_out"), Some(&12));
-        assert_eq!(figures.admissions.get("rate_limited"), Some(&3));
-        assert_eq!(figures.admissions.get("we\"ird\\"), Some(&1));
-        assert_eq!(figures.admissions.len(), 4);
-    }
-
-    #[test]
-    fn reads_commit_lag() {
-        assert_eq!(parse_metrics(SAMPLE).commit_lag_seconds, Some(0.042));
-    }
-
-    #[test]
-    fn empty_text_has_nothing() {
-        let figures = parse_metrics("");
-        assert!(figures.admissions.is_empty());
-        assert_eq!(figures.commit_lag_seconds, None);
-    }
-
-    #[test]
-    fn skips_malformed_lines() {
-        let text = "dropgate_admissions_total{outcome=\"held\" 5\n\
-                    dropgate_admissions_total{outcome=\"held\"} five\n\
-                    dropgate_commit_lag_seconds\n\
-                    dropgate_commit_lag_seconds NaN\n\
-                    dropgate_admissions_total{outcome=\"error\"} 2\n";
-        let figures = parse_metrics(text);
-        assert_eq!(
-            figures.admissions,
-            BTreeMap::from([("error".to_owned(), 2)])
-        );
-        assert_eq!(figures.commit_lag_seconds, None);
-    }
 
     #[test]
     fn drift_is_gate_minus_ledger() {

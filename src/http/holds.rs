@@ -6,6 +6,7 @@ use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
 use crate::domain::{self, Admission, CustomerId, IdempotencyKey, Quantity};
 use crate::limits::retry_after_seconds;
+use crate::telemetry::metric;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -181,7 +182,7 @@ pub(super) async fn admit(
     let (customer, quantity) = validated(customer.zip(quantity), errors)?;
 
     if let Err(wait) = state.limits.check(customer.as_str()) {
-        metrics::counter!("dropgate_admissions_total", "outcome" => "rate_limited").increment(1);
+        metrics::counter!(metric::ADMISSIONS_TOTAL, "outcome" => "rate_limited").increment(1);
         return Err(ApiError::RateLimited {
             retry_after_s: retry_after_seconds(wait),
         });
@@ -196,16 +197,15 @@ pub(super) async fn admit(
         Err(_) => ("error", false),
     };
     let outcome = if replayed { "replayed" } else { outcome };
-    metrics::counter!("dropgate_admissions_total", "outcome" => outcome).increment(1);
+    metrics::counter!(metric::ADMISSIONS_TOTAL, "outcome" => outcome).increment(1);
     let label = if outcome == "not_found" {
         "other".to_owned()
     } else {
         sku_label(&sku)
     };
-    metrics::counter!("dropgate_admissions_by_sku_total", "sku" => label, "outcome" => outcome)
+    metrics::counter!(metric::ADMISSIONS_BY_SKU_TOTAL, "sku" => label, "outcome" => outcome)
         .increment(1);
-    metrics::histogram!("dropgate_admission_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(metric::ADMISSION_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
 
     let admitted = admitted?;
     let first = match &admitted.outcome {

@@ -15,12 +15,13 @@ pub use skus::Sku;
 
 use crate::app::Dropgate;
 use crate::limits::RateLimits;
+use crate::telemetry::metric;
+use crate::telemetry::Metrics;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -38,13 +39,15 @@ pub struct AppState {
     pub app: Dropgate,
     pub tokens: Arc<Tokens>,
     pub limits: Arc<RateLimits>,
-    pub metrics: PrometheusHandle,
+    /// What this application records; `/metrics` and the dashboard read it.
+    pub metrics: Metrics,
     /// Set on SIGTERM: /readyz turns 503 so load balancers stop sending
     /// while in-flight and arriving requests are still served.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(holds::router())
@@ -67,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost, so whatever a request records lands in this app's metrics.
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            metrics.scope(next.run(req))
+        }))
         .with_state(state)
 }
 
@@ -88,7 +95,7 @@ async fn time_and_bound(req: Request, next: Next) -> Response {
         .into_response(),
     };
     metrics::histogram!(
-        "dropgate_http_request_duration_seconds",
+        metric::HTTP_REQUEST_DURATION_SECONDS,
         "method" => method.to_string(),
         "route" => route,
         "status" => response.status().as_u16().to_string()

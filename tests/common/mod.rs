@@ -8,6 +8,7 @@ pub mod process;
 use dropgate::app::Dropgate;
 use dropgate::config::{ServeConfig, StoreConfig, DEFAULT_REDIS_URL};
 use dropgate::startup::Application;
+use dropgate::telemetry::Metrics;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ pub struct TestApp {
     pub database: String,
     pub prefix: String,
     pub redis_url: String,
+    /// Everything this app recorded, and nothing another test did.
+    pub metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -44,16 +47,7 @@ pub fn test_config() -> ServeConfig {
         admin_token: Some(ADMIN.to_owned()),
         storefront_tokens: vec![STOREFRONT.to_owned(), "second-storefront-token".to_owned()],
         customer_rps: 0,
-        global_rps: 0,
-        admission: dropgate::app::AdmissionMode::Redis,
-        redis_down: None,
-        redis_wait_replicas: 0,
-        shutdown_delay_ms: 0,
-        redis_wait_timeout_ms: 100,
-        no_worker: false,
-        no_reaper: false,
-        no_reconciler: false,
-        log_json: false,
+        ..ServeConfig::default()
     }
 }
 
@@ -72,7 +66,10 @@ pub async fn spawn_app_with(config: ServeConfig) -> TestApp {
         .to_owned();
     let prefix = config.stores.key_prefix.clone();
     let redis_url = config.stores.redis_url.clone();
-    let application = Application::build(config).await.expect("the app builds");
+    let metrics = Metrics::new();
+    let application = Application::build_with_metrics(config, metrics.clone())
+        .await
+        .expect("the app builds");
     let addr = application.local_addr().expect("a bound address");
     let app = application.app().clone();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -89,6 +86,7 @@ pub async fn spawn_app_with(config: ServeConfig) -> TestApp {
         database,
         prefix,
         redis_url,
+        metrics,
         stop: Some(stop),
         server: Some(server),
     }
@@ -189,31 +187,51 @@ impl TestApp {
     /// Waits until the ledger has applied every event of `sku` (the worker
     /// runs in the background).
     pub async fn wait_for_ledger(&self, sku: &str) {
-        let sku = dropgate::domain::SkuId::parse(sku).expect("sku");
         for _ in 0..200 {
-            let events = self
-                .app
-                .gate
-                .events(
-                    &sku,
-                    self.app
-                        .ledger
-                        .sku(&sku)
-                        .await
-                        .expect("ledger")
-                        .expect("row")
-                        .applied,
-                    None,
-                    1,
-                )
-                .await
-                .expect("events");
-            if events.is_empty() {
+            if self.ledger_caught_up(sku).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("the ledger did not catch up with {sku}");
+    }
+
+    /// Whether the ledger has applied every event in `sku`'s stream.
+    pub async fn ledger_caught_up(&self, sku: &str) -> bool {
+        let sku = dropgate::domain::SkuId::parse(sku).expect("sku");
+        let applied = self
+            .app
+            .ledger
+            .sku(&sku)
+            .await
+            .expect("ledger")
+            .expect("row")
+            .applied;
+        let after = self
+            .app
+            .gate
+            .events(&sku, applied, None, 1)
+            .await
+            .expect("events");
+        after.is_empty()
+    }
+
+    /// Waits until the worker has acknowledged and trimmed every event of
+    /// `sku` from its stream.
+    pub async fn wait_until_trimmed(&self, sku: &str) {
+        let mut redis = self.redis().await;
+        for _ in 0..200 {
+            let length: u64 = redis::cmd("XLEN")
+                .arg(self.key(sku, "events"))
+                .query_async(&mut redis)
+                .await
+                .expect("XLEN");
+            if length == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the worker did not trim {sku}'s stream");
     }
 
     /// Ledger counters of a SKU: (on_hand, held, sold).
@@ -287,6 +305,15 @@ pub async fn cleanup(database: &str, prefix: &str, redis_url: &str) {
             }
         }
     }
+}
+
+/// A hold's `expires_at` (RFC 3339), in unix ms: times compare as times,
+/// not as text.
+pub fn expires_at_ms(hold: &Value) -> i64 {
+    let text = hold["expires_at"].as_str().expect("an expires_at");
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("an RFC 3339 time");
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).expect("a time in range")
 }
 
 /// Reads a JSON body.

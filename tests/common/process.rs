@@ -1,20 +1,20 @@
 //! Real processes for fault tests: a private redis-server that can be killed
-//! and restarted empty, dropgate itself as a child process, and a TCP proxy
-//! in front of Postgres that can be cut without touching the shared server.
+//! and restarted empty (the one `dropgate dev` uses), dropgate itself as a
+//! child process, and a TCP proxy in front of Postgres that can be cut
+//! without touching the shared server.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+pub use dropgate::dev::RedisServer;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+/// A free local port (see [`dropgate::dev::free_port`]).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    dropgate::dev::free_port().expect("a free port")
 }
 
 fn answers(port: u16) -> bool {
@@ -33,88 +33,32 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// A private, non-persistent redis-server on its own port.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
+/// A private redis-server on a free port, in a temporary `--dir`.
+pub async fn start_redis() -> RedisServer {
+    RedisServer::start().await.expect("redis-server starts")
 }
 
-impl RedisServer {
-    pub fn start() -> Self {
-        let mut server = Self {
-            port: free_port(),
-            child: None,
+/// A replica of the server on `primary_port`, in sync before it returns.
+pub async fn start_replica_of(primary_port: u16) -> RedisServer {
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port.to_string()])
+        .await
+        .expect("the replica starts");
+    let client = redis::Client::open(replica.url()).expect("a redis url");
+    for _ in 0..200 {
+        let info: String = match client.get_multiplexed_async_connection().await {
+            Ok(mut conn) => redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default(),
+            Err(_) => String::new(),
         };
-        server.restart();
-        server
-    }
-
-    /// A replica of the server on `primary_port`, in sync before it returns.
-    pub fn start_replica_of(primary_port: u16) -> Self {
-        let mut server = Self {
-            port: free_port(),
-            child: None,
-        };
-        server.spawn(&["--replicaof", "127.0.0.1", &primary_port.to_string()]);
-        let url = server.url();
-        wait_until("replica sync", Duration::from_secs(10), || {
-            redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| {
-                    redis::cmd("INFO")
-                        .arg("replication")
-                        .query::<String>(&mut c)
-                })
-                .is_ok_and(|info| info.contains("master_link_status:up"))
-        });
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Starts (again) on the same port, empty: nothing is persisted.
-    pub fn restart(&mut self) {
-        self.spawn(&[]);
-    }
-
-    fn spawn(&mut self, extra: &[&str]) {
-        let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let port = self.port;
-        wait_until("redis-server", Duration::from_secs(10), || answers(port));
-    }
-
-    /// SIGKILL: Redis loses everything it had.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if info.contains("master_link_status:up") {
+            return replica;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    panic!("the replica did not sync with 127.0.0.1:{primary_port}");
 }
 
 /// The dropgate binary as a child process.
