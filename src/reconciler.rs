@@ -141,15 +141,19 @@ impl Reconciler {
             sold: snapshot.sold - ledger.sold,
             repaired: false,
         };
-        let label = sku.to_string();
-        metrics::gauge!("dropgate_stream_backlog_events", "sku" => label.clone())
-            .set(snapshot.backlog as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "on_hand")
-            .set(drift.on_hand as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "held")
-            .set(drift.held as f64);
-        metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label, "counter" => "sold")
-            .set(drift.sold as f64);
+        // Per-SKU gauges only for labelled SKUs: one shared "other" gauge
+        // would only show whichever SKU was checked last.
+        let label = crate::telemetry::sku_label(sku);
+        if label != crate::telemetry::OTHER_SKUS {
+            metrics::gauge!("dropgate_stream_backlog_events", "sku" => label.clone())
+                .set(snapshot.backlog as f64);
+            metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "on_hand")
+                .set(drift.on_hand as f64);
+            metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label.clone(), "counter" => "held")
+                .set(drift.held as f64);
+            metrics::gauge!("dropgate_reconciler_drift_units", "sku" => label, "counter" => "sold")
+                .set(drift.sold as f64);
+        }
         if (drift.on_hand, drift.held, drift.sold) == (0, 0, 0) {
             return Ok(None);
         }

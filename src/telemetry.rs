@@ -1,7 +1,9 @@
 //! Logs (tracing) and metrics (Prometheus text via the `metrics` facade).
 
+use crate::domain::SkuId;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the log subscriber once; later calls are no-ops (tests).
@@ -44,4 +46,30 @@ pub fn metrics() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// SKUs that get a `sku` label of their own, at most; the rest share
+/// `OTHER_SKUS`, so the number of per-SKU series stays bounded whatever the
+/// catalogue's size.
+pub const MAX_SKU_LABELS: usize = 100;
+
+/// The `sku` label of every SKU beyond `MAX_SKU_LABELS`.
+pub const OTHER_SKUS: &str = "other";
+
+/// The `sku` label for a SKU this process knows to exist (its script
+/// answered for it, or the gate lists it): its id for the first
+/// `MAX_SKU_LABELS` such SKUs seen, `OTHER_SKUS` after. Callers must not
+/// pass ids taken from a request alone, or made-up SKUs would claim labels.
+pub fn sku_label(sku: &SkuId) -> String {
+    static LABELLED: LazyLock<RwLock<HashSet<SkuId>>> = LazyLock::new(Default::default);
+    if LABELLED.read().is_ok_and(|seen| seen.contains(sku)) {
+        return sku.as_str().to_owned();
+    }
+    match LABELLED.write() {
+        Ok(mut seen) if seen.contains(sku) || seen.len() < MAX_SKU_LABELS => {
+            seen.insert(sku.clone());
+            sku.as_str().to_owned()
+        }
+        _ => OTHER_SKUS.to_owned(),
+    }
 }

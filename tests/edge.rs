@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app, TestApp, ADMIN};
+use common::process::RedisServer;
+use common::{assert_problem, body, spawn_app, spawn_app_with, test_config, TestApp, ADMIN};
 use serde_json::json;
 
 const SKU: &str = "drop";
@@ -72,5 +73,116 @@ async fn reasons_with_control_characters_or_over_500_characters_change_nothing()
     app.wait_for_ledger(SKU).await;
     assert_eq!(app.ledger_counts(SKU).await, (11, 0, 0));
     assert_eq!(movements(&app).await, movements_before + 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn long_request_targets_and_large_header_fields_get_problems() {
+    let app = spawn_app().await;
+    let long_path = format!("/v1/skus/{}", "a".repeat(9000));
+    let response = app.get(&long_path).await;
+    let problem = assert_problem(response, 414, "uri_too_long").await;
+    assert!(problem["detail"].as_str().unwrap().contains("8192"));
+    let long_query = format!("/v1/skus?after={}", "a".repeat(9000));
+    assert_problem(app.get(&long_query).await, 414, "uri_too_long").await;
+
+    let big_header = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-padding", "p".repeat(17 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(big_header, 431, "header_fields_too_large").await;
+
+    // Just under every limit is served.
+    let mut fine = app.client.get(app.url("/healthz"));
+    for i in 0..90 {
+        fine = fine.header(format!("x-h{i}"), "1");
+    }
+    assert_eq!(fine.send().await.unwrap().status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_short_token_request_ids_are_echoed() {
+    let app = spawn_app().await;
+    let echoed = |id: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .get(app.url("/healthz"))
+                .header("x-request-id", id)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    for kept in ["abc-123", "A.b_c-9", &"x".repeat(64)] {
+        assert_eq!(echoed(kept.to_owned()).await, kept);
+    }
+    for replaced in [
+        "x".repeat(65),
+        "two words".to_owned(),
+        "<script>".to_owned(),
+        "id\"quoted".to_owned(),
+        "é".to_owned(),
+    ] {
+        let id = echoed(replaced.clone()).await;
+        assert_ne!(id, replaced);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    }
+    app.stop().await;
+}
+
+/// The `sku` label values of `dropgate_admissions_by_sku_total`.
+async fn labelled_skus(app: &TestApp) -> Vec<String> {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let mut skus: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("dropgate_admissions_by_sku_total{"))
+        .filter_map(|l| {
+            l.split("sku=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    skus.sort();
+    skus.dedup();
+    skus
+}
+
+#[tokio::test]
+async fn made_up_skus_claim_no_metric_label() {
+    let mut redis = RedisServer::start();
+    let mut config = test_config();
+    config.stores.redis_url = redis.url();
+    config.stores.store_timeout_ms = 500;
+    let app = spawn_app_with(config).await;
+    app.create_sku("real-sku", json!({"on_hand": 5})).await;
+    assert_eq!(app.admit("real-sku", "k1", "c1", 1).await.status(), 201);
+    assert_problem(app.admit("ghost-1", "k2", "c2", 1).await, 404, "not_found").await;
+    // With Redis gone an admission fails before anyone knows whether the
+    // SKU exists: that must not claim a label either.
+    redis.kill();
+    assert_problem(
+        app.admit("ghost-2", "k3", "c3", 1).await,
+        503,
+        "unavailable",
+    )
+    .await;
+
+    let skus = labelled_skus(&app).await;
+    assert!(skus.contains(&"real-sku".to_owned()), "{skus:?}");
+    assert!(skus.contains(&"other".to_owned()), "{skus:?}");
+    assert!(!skus.iter().any(|s| s.starts_with("ghost")), "{skus:?}");
     app.stop().await;
 }

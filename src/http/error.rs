@@ -16,6 +16,11 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     Malformed(&'static str),
     PayloadTooLarge,
+    /// The request target is over `MAX_URI_BYTES`.
+    UriTooLong,
+    /// The request's header fields are over `MAX_HEADER_BYTES` or
+    /// `MAX_HEADER_COUNT`.
+    HeaderFieldsTooLarge,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     NotFound(&'static str),
@@ -54,6 +59,8 @@ impl ApiError {
             Self::Validation(_) => ProblemCode::Validation,
             Self::Malformed(_) => ProblemCode::Malformed,
             Self::PayloadTooLarge => ProblemCode::PayloadTooLarge,
+            Self::UriTooLong => ProblemCode::UriTooLong,
+            Self::HeaderFieldsTooLarge => ProblemCode::HeaderFieldsTooLarge,
             Self::IdempotencyKeyMissing => ProblemCode::IdempotencyKeyMissing,
             Self::IdempotencyKeyReused => ProblemCode::IdempotencyKeyReused,
             Self::NotFound(_) | Self::RouteNotFound => ProblemCode::NotFound,
@@ -80,6 +87,8 @@ impl ApiError {
             Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Malformed(_) | Self::IdempotencyKeyMissing => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::SoldOut { .. }
@@ -100,6 +109,8 @@ impl ApiError {
             Self::Validation(_) => "The request failed validation",
             Self::Malformed(_) => "The body is not a JSON object",
             Self::PayloadTooLarge => "The body is over 16 KiB",
+            Self::UriTooLong => "The request target is too long",
+            Self::HeaderFieldsTooLarge => "The request's header fields are too large",
             Self::IdempotencyKeyMissing => "Idempotency-Key header missing",
             Self::IdempotencyKeyReused => "Idempotency-Key reused with a different request",
             Self::NotFound(_) | Self::RouteNotFound => "Not found",
@@ -140,6 +151,15 @@ impl ApiError {
             Self::Conflict(why) => why.clone(),
             Self::Unavailable { dependency, .. } => format!("{dependency} is unavailable"),
             Self::PayloadTooLarge => "bodies are limited to 16384 bytes".into(),
+            Self::UriTooLong => format!(
+                "the path and query are limited to {} bytes",
+                super::MAX_URI_BYTES
+            ),
+            Self::HeaderFieldsTooLarge => format!(
+                "header fields are limited to {} fields and {} bytes",
+                super::MAX_HEADER_COUNT,
+                super::MAX_HEADER_BYTES
+            ),
             Self::Internal => "see the server log for this request id".into(),
         }
     }
@@ -274,6 +294,8 @@ pub enum ProblemCode {
     Validation,
     Malformed,
     PayloadTooLarge,
+    UriTooLong,
+    HeaderFieldsTooLarge,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     NotFound,
@@ -293,12 +315,14 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::Validation,
         Self::Malformed,
         Self::PayloadTooLarge,
+        Self::UriTooLong,
+        Self::HeaderFieldsTooLarge,
         Self::IdempotencyKeyMissing,
         Self::IdempotencyKeyReused,
         Self::NotFound,
@@ -324,6 +348,8 @@ impl ProblemCode {
             Self::Validation => "validation",
             Self::Malformed => "malformed",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeaderFieldsTooLarge => "header_fields_too_large",
             Self::IdempotencyKeyMissing => "idempotency_key_missing",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::NotFound => "not_found",

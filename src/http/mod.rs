@@ -31,6 +31,20 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// No request runs longer than this; it answers 503 instead.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Request targets (path and query) above this are refused with 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Header fields above this many, or this many bytes (names and values),
+/// are refused with 431. hyper's own, higher limits answer without a body;
+/// these answer problem+json first.
+pub const MAX_HEADER_COUNT: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// A caller's `x-request-id` is kept only when it is this short and made of
+/// `[A-Za-z0-9._-]`; otherwise it is replaced, so log lines cannot be forged
+/// or bloated through it.
+pub const MAX_REQUEST_ID_CHARS: usize = 64;
+
 #[derive(Clone)]
 pub struct AppState {
     pub app: Dropgate,
@@ -54,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(time_and_bound))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(bound_head))
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal.into_response()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req
@@ -65,7 +80,46 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::map_request(drop_bad_request_id))
         .with_state(state)
+}
+
+/// Removes a caller's `x-request-id` that is not a short token, so
+/// `SetRequestIdLayer` gives the request a fresh one.
+async fn drop_bad_request_id(mut req: Request) -> Request {
+    let acceptable = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_CHARS
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let headers = req.headers_mut();
+    let ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+    if ids.len() != 1 || !ids.iter().all(|v| acceptable(v)) {
+        headers.remove("x-request-id");
+    }
+    req
+}
+
+/// Refuses request heads over the limits above with problem+json.
+async fn bound_head(req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let uri_bytes = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        return ApiError::UriTooLong.into_response();
+    }
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || header_bytes > MAX_HEADER_BYTES {
+        return ApiError::HeaderFieldsTooLarge.into_response();
+    }
+    next.run(req).await
 }
 
 /// Bounds every request by REQUEST_TIMEOUT and records its latency.
