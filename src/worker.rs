@@ -50,6 +50,17 @@ pub enum WorkerError {
     Redis(#[from] redis::RedisError),
 }
 
+impl WorkerError {
+    /// The reply with which a reachable Redis refused, if that is the cause.
+    fn trouble(&self) -> Option<crate::gate::Trouble> {
+        match self {
+            Self::Redis(error) => crate::gate::Trouble::of(error),
+            Self::App(crate::app::AppError::Gate(error)) => error.trouble(),
+            Self::App(_) | Self::Pool(_) => None,
+        }
+    }
+}
+
 impl From<crate::gate::GateError> for WorkerError {
     fn from(error: crate::gate::GateError) -> Self {
         Self::App(error.into())
@@ -109,6 +120,11 @@ impl Worker {
             match self.run_once().await {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(error) => {
+                    if error.trouble() == Some(crate::gate::Trouble::ReadOnly) {
+                        // A failover demoted our Redis: drop the pooled
+                        // connections so the next ones reach the new primary.
+                        self.pool.retain(|_, _| false);
+                    }
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "commit worker batch failed");
                     metrics::counter!("dropgate_worker_errors_total").increment(1);
                     tokio::select! {

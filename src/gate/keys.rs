@@ -57,6 +57,12 @@ impl Keys {
         format!("{}:gate", self.prefix)
     }
 
+    /// Written by every readiness probe: a write is what finds a Redis that
+    /// reads fine but refuses writes (out of memory, read-only).
+    pub fn probe(&self) -> String {
+        format!("{}:probe", self.prefix)
+    }
+
     /// Every key of this deployment, for tests and tools that clean up.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.prefix)

@@ -2,17 +2,18 @@
 //! stock or of a hold is decided here by one Lua script, which also appends
 //! the event the ledger will record.
 
+mod connection;
 mod keys;
 mod reply;
 mod scripts;
 
+pub use connection::{GateConnection, Trouble};
 pub use keys::Keys;
 pub use reply::GateHold;
 
 use crate::domain::{
     CustomerId, Event, HoldId, IdempotencyKey, Position, Quantity, SkuId, SkuSettings,
 };
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::AsyncCommands;
 use reply::Reply;
@@ -41,8 +42,10 @@ pub enum GateError {
 }
 
 impl GateError {
-    /// True when Redis could not be reached or did not answer in time, as
-    /// opposed to answering with an error (a bug on our side).
+    /// True when Redis could not be reached, did not answer in time, or
+    /// answered that it cannot serve now (`Trouble`: out of memory,
+    /// read-only, loading, …), as opposed to answering with an error (a bug
+    /// on our side).
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Redis(e) => {
@@ -50,10 +53,18 @@ impl GateError {
                     || e.is_timeout()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                    || Trouble::of(e).is_some()
             }
             Self::Protocol(_) => false,
+        }
+    }
+
+    /// The reply with which a reachable Redis refused to serve, if that is
+    /// what this error is.
+    pub fn trouble(&self) -> Option<Trouble> {
+        match self {
+            Self::Redis(e) => Trouble::of(e),
+            Self::Protocol(_) => None,
         }
     }
 
@@ -148,7 +159,8 @@ pub struct Gate {
     /// deadpool-redis pool of 32 (1.76x), p99 6.5 ms vs 11.1 ms. Concurrent
     /// scripts share one socket's writes and reads, so each admission is one
     /// round trip; a pool checkout adds UNWATCH/PING round trips and queueing.
-    conn: ConnectionManager,
+    /// Reopened when Redis answers READONLY, to follow a failover.
+    conn: GateConnection,
     keys: Keys,
     /// SKU number → id. Immutable once assigned, so cached forever.
     sku_names: Arc<RwLock<HashMap<u32, SkuId>>>,
@@ -164,7 +176,7 @@ impl Gate {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = GateConnection::new(client, config)?;
         Ok(Self {
             conn,
             keys: Keys::new(prefix),
@@ -176,7 +188,7 @@ impl Gate {
         &self.keys
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> GateConnection {
         self.conn.clone()
     }
 
