@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
         }
         Command::Migrate(stores) => {
             dropgate::telemetry::init_logs(false);
-            dropgate::ledger::migrate(&stores.database_url)
+            dropgate::ledger::migrate(&stores.database_url, stores.store_timeout())
                 .await
                 .map_err(anyhow::Error::from)
         }

@@ -51,6 +51,7 @@ impl Application {
             limits: Arc::new(RateLimits::new(config.customer_rps, config.global_rps)),
             metrics,
             draining: Arc::default(),
+            requests: Arc::new(http::RequestLimits::new(config.stores.store_timeout())),
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -179,7 +180,7 @@ pub async fn shutdown_signal() {
 /// Migrates the ledger and connects both stores, for the commands that
 /// run without the HTTP server.
 pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Dropgate> {
-    ledger::migrate(&stores.database_url)
+    ledger::migrate(&stores.database_url, stores.store_timeout())
         .await
         .context("DATABASE_URL: cannot migrate the ledger")?;
     let ledger = Ledger::connect(&stores.database_url, stores.store_timeout())?;

@@ -352,3 +352,175 @@ async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
     assert_eq!(held_everywhere(&app).await, (2, 2));
     app.stop().await;
 }
+
+/// A TCP proxy to Postgres that stops forwarding, both ways and for good,
+/// right after a client sends `pattern`: the client's statement runs, its
+/// answer never arrives. To Postgres the session then sits idle inside its
+/// transaction, holding its locks, as a stopped or cut-off process's would.
+struct FreezingProxy {
+    port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(pattern: &'static [u8]) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let shared = frozen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect("127.0.0.1:5432").await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let frozen = shared.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                        if frozen.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        let chunk = &buffer[..n];
+                        if chunk.windows(pattern.len()).any(|w| w == pattern) {
+                            frozen.store(true, Ordering::SeqCst);
+                        }
+                        if server_write.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let frozen = shared.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = server_read.read(&mut buffer).await {
+                        if frozen.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Backends of `database` idle inside a transaction.
+async fn idle_in_transaction(pool: &sqlx::PgPool, database: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = $1 AND state = 'idle in transaction'",
+    )
+    .bind(database)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_loses_its_row_lock_and_confirms_answer_within_the_store_timeout() {
+    const STORE_TIMEOUT_MS: u64 = 2000;
+    const WORKER_STORE_TIMEOUT_MS: u64 = 1000;
+    let mut config = test_config();
+    config.stores.store_timeout_ms = STORE_TIMEOUT_MS;
+    // Only the stalled worker, and the confirm itself, write the ledger.
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku(SKU, json!({"on_hand": 10})).await;
+    let response = app.admit(SKU, "k1", "c1", 1).await;
+    assert_eq!(response.status(), 201);
+    let hold = body(response).await["hold_id"].as_str().unwrap().to_owned();
+
+    // A real worker, reaching Postgres through the freezing proxy: it locks
+    // the SKU's row for its batch and then hears nothing more.
+    let proxy = FreezingProxy::start(b"ORDER BY sku FOR UPDATE").await;
+    let worker = common::process::Dropgate::spawn(
+        &["worker"],
+        &[
+            (
+                "DATABASE_URL",
+                format!(
+                    "postgres://postgres@127.0.0.1:{}/{}",
+                    proxy.port, app.database
+                ),
+            ),
+            ("REDIS_URL", app.redis_url.clone()),
+            ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
+            (
+                "DROPGATE_STORE_TIMEOUT_MS",
+                WORKER_STORE_TIMEOUT_MS.to_string(),
+            ),
+        ],
+        None,
+    );
+    let pool = app.pg().await;
+    let started = Instant::now();
+    while !(proxy.is_frozen() && idle_in_transaction(&pool, &app.database).await == 1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "worker never locked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let locked_at = Instant::now();
+    // And the process itself stops, as in the field.
+    let stopped = Command::new("kill")
+        .args(["-STOP", &worker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+
+    // The confirm needs that row lock: it answers within its store timeout
+    // (200 if the lock came free in time, else 503), not at 10 s.
+    let asked = Instant::now();
+    let confirm = app.hold_action(&hold, "confirm").await;
+    let answered_in = asked.elapsed();
+    let status = confirm.status().as_u16();
+    assert!(status == 200 || status == 503, "{status}");
+    if status == 503 {
+        assert_unavailable(confirm).await;
+    }
+    assert!(
+        answered_in < Duration::from_millis(STORE_TIMEOUT_MS + 1000),
+        "confirm took {answered_in:?}"
+    );
+
+    // Postgres ends the stalled session after the worker's store timeout,
+    // which frees the row.
+    while idle_in_transaction(&pool, &app.database).await > 0 {
+        assert!(
+            locked_at.elapsed() < Duration::from_millis(WORKER_STORE_TIMEOUT_MS + 4000),
+            "the stalled session still holds its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let confirm = app.hold_action(&hold, "confirm").await;
+    assert_eq!(confirm.status(), 200);
+    assert_eq!(body(confirm).await["state"], "confirmed");
+    assert_eq!(app.ledger_counts(SKU).await, (10, 0, 1));
+    let movements: i64 = sqlx::query_scalar("SELECT count(*) FROM movements")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(movements, 3, "creation, admission, confirmation: once each");
+    pool.close().await;
+    worker.kill();
+    app.stop().await;
+}

@@ -13,7 +13,7 @@ pub use extract::Tokens;
 
 use crate::app::Dropgate;
 use crate::limits::RateLimits;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,9 +27,6 @@ use tower_http::trace::TraceLayer;
 
 /// Bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// No request runs longer than this; it answers 503 instead.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Request targets (path and query) above this are refused with 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -54,6 +51,23 @@ pub struct AppState {
     /// Set on SIGTERM: /readyz turns 503 so load balancers stop sending
     /// while in-flight and arriving requests are still served.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    pub requests: Arc<RequestLimits>,
+}
+
+/// Bounds of request handling.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// No request answers later than this (the store timeout): past it, 503
+    /// `unavailable`. Work queued in the process (a confirm waiting for the
+    /// SKU's ledger flush) counts, so an answer never waits on a store
+    /// longer than a store call may take.
+    pub deadline: Duration,
+}
+
+impl RequestLimits {
+    pub fn new(deadline: Duration) -> Self {
+        Self { deadline }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -66,7 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dashboard::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(time_and_bound))
+        .layer(middleware::from_fn_with_state(state.clone(), time_and_bound))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(bound_head))
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal.into_response()))
@@ -122,8 +136,8 @@ async fn bound_head(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Bounds every request by REQUEST_TIMEOUT and records its latency.
-async fn time_and_bound(req: Request, next: Next) -> Response {
+/// Bounds every request by its deadline and records its latency.
+async fn time_and_bound(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = req
@@ -131,7 +145,7 @@ async fn time_and_bound(req: Request, next: Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let response = match tokio::time::timeout(state.requests.deadline, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable {
             dependency: "dropgate",
