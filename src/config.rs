@@ -201,6 +201,12 @@ pub struct ServeConfig {
           default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub shutdown_delay_ms: u64,
 
+    /// Requests handled at once, at most; beyond them, 503 `unavailable`
+    /// with Retry-After at once instead of queueing on the stores.
+    #[arg(long, env = "DROPGATE_MAX_IN_FLIGHT", value_name = "DROPGATE_MAX_IN_FLIGHT",
+          default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
     /// Do not run the commit worker in this process.
     #[arg(long)]
     pub no_worker: bool,

@@ -51,7 +51,10 @@ impl Application {
             limits: Arc::new(RateLimits::new(config.customer_rps, config.global_rps)),
             metrics,
             draining: Arc::default(),
-            requests: Arc::new(http::RequestLimits::new(config.stores.store_timeout())),
+            requests: Arc::new(http::RequestLimits::new(
+                config.stores.store_timeout(),
+                config.max_in_flight as usize,
+            )),
         };
         let listener = TcpListener::bind(config.listen)
             .await

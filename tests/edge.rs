@@ -186,3 +186,86 @@ async fn made_up_skus_claim_no_metric_label() {
     assert!(!skus.iter().any(|s| s.starts_with("ghost")), "{skus:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_in_flight_limit_requests_are_shed_and_nothing_is_half_done() {
+    const LIMIT: usize = 4;
+    const REQUESTS: usize = 20;
+    let redis = RedisServer::start();
+    let mut config = test_config();
+    config.stores.redis_url = redis.url();
+    config.max_in_flight = LIMIT as u32;
+    let app = std::sync::Arc::new(spawn_app_with(config).await);
+    app.create_sku(SKU, json!({"on_hand": 100})).await;
+
+    // Redis holds every command for a while, so admissions stay in flight.
+    let mut control = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "3000", "ALL"])
+        .query_async(&mut control)
+        .await
+        .unwrap();
+    let batch = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let requests = (0..REQUESTS).map(|i| {
+                let app = app.clone();
+                async move {
+                    let key = format!("k{i}");
+                    (key.clone(), app.admit(SKU, &key, &key, 1).await)
+                }
+            });
+            futures::future::join_all(requests).await
+        })
+    };
+    // While the limit is taken, operations endpoints still answer and any
+    // other request is shed at once.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_problem(
+        app.get(&format!("/v1/skus/{SKU}")).await,
+        503,
+        "unavailable",
+    )
+    .await;
+
+    let mut admitted = 0;
+    let mut shed = Vec::new();
+    for (key, response) in batch.await.unwrap() {
+        match response.status().as_u16() {
+            201 => admitted += 1,
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                let problem = assert_problem(response, 503, "unavailable").await;
+                assert_eq!(problem["detail"], "dropgate is shedding load");
+                shed.push(key);
+            }
+            other => panic!("{key}: {other}"),
+        }
+    }
+    assert_eq!((admitted, shed.len()), (LIMIT, REQUESTS - LIMIT));
+    assert_eq!(app.sku(SKU).await["held"], LIMIT as i64);
+
+    // A shed request left nothing behind: its key is decided afresh.
+    for key in &shed {
+        let response = app.admit(SKU, key, key, 1).await;
+        assert_eq!(response.status(), 201, "{key}");
+        assert!(response.headers().get("idempotent-replayed").is_none());
+    }
+    app.wait_for_ledger(SKU).await;
+    assert_eq!(app.ledger_counts(SKU).await, (100, REQUESTS as i64, 0));
+    assert_eq!(movements(&app).await, 1 + REQUESTS as i64);
+    std::sync::Arc::into_inner(app).unwrap().stop().await;
+}

@@ -35,6 +35,7 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         redis_wait_replicas: 0,
         shutdown_delay_ms: 0,
         redis_wait_timeout_ms: 100,
+        max_in_flight: 1024,
         no_worker: false,
         no_reaper: false,
         no_reconciler: false,

@@ -44,6 +44,8 @@ pub enum ApiError {
         dependency: &'static str,
         retry_after_s: u64,
     },
+    /// The process is handling as many requests as it may: shed.
+    Overloaded,
     Internal,
 }
 
@@ -75,7 +77,7 @@ impl ApiError {
             Self::HoldState(HoldState::Held) => ProblemCode::HoldHeld,
             Self::ExtensionLimit => ProblemCode::ExtensionLimit,
             Self::Conflict(_) => ProblemCode::Conflict,
-            Self::Unavailable { .. } => ProblemCode::Unavailable,
+            Self::Unavailable { .. } | Self::Overloaded => ProblemCode::Unavailable,
             Self::Internal => ProblemCode::Internal,
         }
     }
@@ -97,7 +99,7 @@ impl ApiError {
             | Self::ExtensionLimit
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,7 +123,7 @@ impl ApiError {
             Self::HoldState(_) => "The hold is not in a state that allows this",
             Self::ExtensionLimit => "The hold cannot be extended again",
             Self::Conflict(_) => "Conflict",
-            Self::Unavailable { .. } => "Service unavailable",
+            Self::Unavailable { .. } | Self::Overloaded => "Service unavailable",
             Self::Internal => "Internal error",
         }
     }
@@ -150,6 +152,7 @@ impl ApiError {
             Self::ExtensionLimit => "the hold was already extended max_extensions times".into(),
             Self::Conflict(why) => why.clone(),
             Self::Unavailable { dependency, .. } => format!("{dependency} is unavailable"),
+            Self::Overloaded => "dropgate is shedding load".into(),
             Self::PayloadTooLarge => "bodies are limited to 16384 bytes".into(),
             Self::UriTooLong => format!(
                 "the path and query are limited to {} bytes",
@@ -170,6 +173,7 @@ impl ApiError {
             Self::RateLimited { retry_after_s } | Self::Unavailable { retry_after_s, .. } => {
                 Some(*retry_after_s)
             }
+            Self::Overloaded => Some(1),
             _ => None,
         }
     }

@@ -55,20 +55,32 @@ pub struct AppState {
 }
 
 /// Bounds of request handling.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestLimits {
     /// No request answers later than this (the store timeout): past it, 503
     /// `unavailable`. Work queued in the process (a confirm waiting for the
     /// SKU's ledger flush) counts, so an answer never waits on a store
     /// longer than a store call may take.
     pub deadline: Duration,
+    /// One permit per request being handled (`DROPGATE_MAX_IN_FLIGHT`). A
+    /// request that finds none is answered 503 at once, before it touches a
+    /// store: past this many, requests would only queue on the stores'
+    /// connections until they time out, and slow down every other one.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl RequestLimits {
-    pub fn new(deadline: Duration) -> Self {
-        Self { deadline }
+    pub fn new(deadline: Duration, max_in_flight: usize) -> Self {
+        Self {
+            deadline,
+            in_flight: tokio::sync::Semaphore::new(max_in_flight),
+        }
     }
 }
+
+/// Paths that never count against the in-flight limit: cheap, and what
+/// operators and load balancers need most when the process is overloaded.
+const UNLIMITED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -84,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(bound_head))
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal.into_response()))
+        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req
                 .headers()
@@ -134,6 +147,22 @@ async fn bound_head(req: Request, next: Next) -> Response {
         return ApiError::HeaderFieldsTooLarge.into_response();
     }
     next.run(req).await
+}
+
+/// Answers 503 at once when `DROPGATE_MAX_IN_FLIGHT` requests are being
+/// handled already. Nothing of a shed request has happened: it is refused
+/// before authentication, parsing or any store.
+async fn shed_load(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if UNLIMITED_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    match state.requests.in_flight.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            metrics::counter!("dropgate_requests_shed_total").increment(1);
+            ApiError::Overloaded.into_response()
+        }
+    }
 }
 
 /// Bounds every request by its deadline and records its latency.

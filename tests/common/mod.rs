@@ -50,6 +50,7 @@ pub fn test_config() -> ServeConfig {
         redis_wait_replicas: 0,
         shutdown_delay_ms: 0,
         redis_wait_timeout_ms: 100,
+        max_in_flight: 1024,
         no_worker: false,
         no_reaper: false,
         no_reconciler: false,
