@@ -207,6 +207,25 @@ pub struct ServeConfig {
           default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
 
+    /// A new connection must send its first request head within this long
+    /// (ms), or it is closed (slowloris).
+    #[arg(long, env = "DROPGATE_HEADER_TIMEOUT_MS", value_name = "DROPGATE_HEADER_TIMEOUT_MS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+
+    /// After a response, the next request head must be complete within this
+    /// long (ms), idle time included, or the connection is closed. Set it
+    /// above the idle timeout of any load balancer in front.
+    #[arg(long, env = "DROPGATE_IDLE_TIMEOUT_MS", value_name = "DROPGATE_IDLE_TIMEOUT_MS",
+          default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Open HTTP connections at most; default and ceiling: the descriptor
+    /// limit (RLIMIT_NOFILE) less 128 kept for stores and files.
+    #[arg(long, env = "DROPGATE_MAX_CONNECTIONS", value_name = "DROPGATE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_connections: Option<u32>,
+
     /// Do not run the commit worker in this process.
     #[arg(long)]
     pub no_worker: bool,

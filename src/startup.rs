@@ -80,6 +80,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let limits = self.connection_limits();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = Vec::new();
         if !self.config.no_worker {
@@ -123,15 +124,13 @@ impl Application {
             tracing::info!("stopping: no new connections; draining in-flight requests");
             let _ = drained_tx.send(());
         };
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(graceful);
+        let server = http::serve(self.listener, router, limits, graceful);
         let server = async move {
-            let serving = tokio::spawn(async move { server.await });
+            let serving = tokio::spawn(server);
             // Once the stop signal came, give in-flight requests a bounded time.
             let _ = drained_rx.await;
             match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
-                Ok(joined) => joined
-                    .map_err(anyhow::Error::from)?
-                    .map_err(anyhow::Error::from),
+                Ok(joined) => joined.map_err(anyhow::Error::from),
                 Err(_) => {
                     tracing::warn!("in-flight requests did not finish in time");
                     Ok(())
@@ -147,6 +146,50 @@ impl Application {
         result
     }
 }
+
+impl Application {
+    /// The connection bounds, the cap kept below the descriptor limit; says
+    /// so in one log line, as running out of descriptors would lock out
+    /// every client.
+    fn connection_limits(&self) -> http::ConnectionLimits {
+        let configured = self.config.max_connections.map(|n| n as usize);
+        let max_connections = match http::descriptor_limit() {
+            Some(nofile) => {
+                let cap = http::connection_cap(configured, nofile);
+                if configured.is_some_and(|n| n > cap) {
+                    tracing::warn!(
+                        max_connections = cap,
+                        descriptor_limit = nofile,
+                        "DROPGATE_MAX_CONNECTIONS lowered to stay below the descriptor limit"
+                    );
+                }
+                tracing::info!(
+                    max_connections = cap,
+                    descriptor_limit = nofile,
+                    "HTTP connections capped at {cap}: descriptor limit {nofile} less {} kept for stores and files",
+                    http::DESCRIPTOR_RESERVE
+                );
+                cap
+            }
+            None => {
+                let cap = configured.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+                tracing::info!(
+                    max_connections = cap,
+                    "HTTP connections capped at {cap} (descriptor limit unknown)"
+                );
+                cap
+            }
+        };
+        http::ConnectionLimits {
+            header_timeout: Duration::from_millis(self.config.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.config.idle_timeout_ms),
+            max_connections,
+        }
+    }
+}
+
+/// The connection cap where the descriptor limit cannot be read.
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 async fn forget_idle_customers(limits: Arc<RateLimits>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));

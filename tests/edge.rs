@@ -95,6 +95,12 @@ async fn long_request_targets_and_large_header_fields_get_problems() {
         .unwrap();
     assert_problem(big_header, 431, "header_fields_too_large").await;
 
+    let mut many = app.client.get(app.url("/healthz"));
+    for i in 0..101 {
+        many = many.header(format!("x-h{i}"), "1");
+    }
+    assert_problem(many.send().await.unwrap(), 431, "header_fields_too_large").await;
+
     // Just under every limit is served.
     let mut fine = app.client.get(app.url("/healthz"));
     for i in 0..90 {
@@ -268,4 +274,105 @@ async fn beyond_the_in_flight_limit_requests_are_shed_and_nothing_is_half_done()
     assert_eq!(app.ledger_counts(SKU).await, (100, REQUESTS as i64, 0));
     assert_eq!(movements(&app).await, 1 + REQUESTS as i64);
     std::sync::Arc::into_inner(app).unwrap().stop().await;
+}
+
+/// Reads until the server closes the connection; false if it is still open
+/// after `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_and_a_normal_client_is_served_throughout() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    config.header_timeout_ms = 1000;
+    let app = std::sync::Arc::new(spawn_app_with(config).await);
+
+    // A normal client, asking all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let normal = {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = app.client.get(app.url("/healthz")).send().await;
+                statuses.push(response.map(|r| r.status().as_u16()).unwrap_or(0));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            statuses
+        })
+    };
+
+    // 200 connections that start a request and never finish its head.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: dropgate\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    for stream in &mut slow {
+        assert!(
+            closed_within(stream, std::time::Duration::from_secs(15)).await,
+            "a slow connection was left open"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = normal.await.unwrap();
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let cut: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dropgate_http_slow_connections_closed_total "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    assert!(cut >= 200, "{cut}");
+    std::sync::Arc::into_inner(app).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout_but_not_the_idle_timeout() {
+    let mut config = test_config();
+    config.header_timeout_ms = 500;
+    config.idle_timeout_ms = 3000;
+    let app = spawn_app_with(config).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    assert!(healthz_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Past the header timeout, the kept-alive connection still serves.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert!(healthz_on(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle past the idle timeout, it is closed.
+    assert!(closed_within(&mut stream, std::time::Duration::from_secs(10)).await);
+    app.stop().await;
+}
+
+/// Sends GET /healthz on a raw connection; the answer's text.
+async fn healthz_on(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: dropgate\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let mut read = 0;
+    while !String::from_utf8_lossy(&buffer[..read]).contains("{\"status\":\"ok\"}") {
+        let n = stream.read(&mut buffer[read..]).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        read += n;
+    }
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
 }

@@ -6,10 +6,12 @@ mod extract;
 mod holds;
 mod openapi;
 mod ops;
+mod server;
 mod skus;
 
 pub use error::ApiError;
 pub use extract::Tokens;
+pub use server::{connection_cap, descriptor_limit, serve, ConnectionLimits, DESCRIPTOR_RESERVE};
 
 use crate::app::Dropgate;
 use crate::limits::RateLimits;
