@@ -226,6 +226,18 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(16..))]
     pub max_connections: Option<u32>,
 
+    /// A second address for the operations endpoints (dashboard, /metrics,
+    /// probes), so they can be private while the API is public; the public
+    /// listener then keeps only the API and the probes.
+    #[arg(long, env = "DROPGATE_OPS_LISTEN", value_name = "DROPGATE_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
+    /// The dashboard's figures are computed at most once per this many ms
+    /// and shared by every viewer; 0 computes them for each request.
+    #[arg(long, env = "DROPGATE_DASHBOARD_INTERVAL_MS", value_name = "DROPGATE_DASHBOARD_INTERVAL_MS",
+          default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub dashboard_interval_ms: u64,
+
     /// Do not run the commit worker in this process.
     #[arg(long)]
     pub no_worker: bool,

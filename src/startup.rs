@@ -23,6 +23,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 pub struct Application {
     listener: TcpListener,
+    /// `DROPGATE_OPS_LISTEN`: dashboard, metrics and probes, apart.
+    ops_listener: Option<TcpListener>,
     state: AppState,
     config: ServeConfig,
 }
@@ -55,12 +57,24 @@ impl Application {
                 config.stores.store_timeout(),
                 config.max_in_flight as usize,
             )),
+            dashboard: Arc::new(http::DashboardCache::new(Duration::from_millis(
+                config.dashboard_interval_ms,
+            ))),
         };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("DROPGATE_LISTEN: cannot listen on {}", config.listen))?;
+        let ops_listener = match config.ops_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("DROPGATE_OPS_LISTEN: cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            ops_listener,
             state,
             config,
         })
@@ -68,6 +82,11 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The operations listener's address, when there is one.
+    pub fn ops_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.ops_listener.as_ref().map(TcpListener::local_addr)
     }
 
     pub fn app(&self) -> &Dropgate {
@@ -107,8 +126,16 @@ impl Application {
         )));
 
         let draining = self.state.draining.clone();
-        let router = http::router(self.state);
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let (router, ops) = match self.ops_listener {
+            Some(listener) => (
+                http::public_router(self.state.clone()),
+                Some((listener, http::ops_router(self.state))),
+            ),
+            None => (http::router(self.state), None),
+        };
+        // Set once the stop signal came and the delay passed: both listeners
+        // stop accepting and drain.
+        let (closing_tx, mut closing) = watch::channel(false);
         let delay = Duration::from_millis(self.config.shutdown_delay_ms);
         let graceful = async move {
             shutdown.await;
@@ -122,13 +149,30 @@ impl Application {
             );
             tokio::time::sleep(delay).await;
             tracing::info!("stopping: no new connections; draining in-flight requests");
-            let _ = drained_tx.send(());
+            let _ = closing_tx.send(true);
         };
-        let server = http::serve(self.listener, router, limits, graceful);
+        let closed = |mut closing: watch::Receiver<bool>| async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        };
+        let ops_server = ops.map(|(listener, router)| {
+            let limits = http::ConnectionLimits {
+                max_connections: OPS_MAX_CONNECTIONS,
+                ..limits
+            };
+            http::serve(listener, router, limits, closed(closing.clone()))
+        });
+        let public = http::serve(self.listener, router, limits, closed(closing.clone()));
+        let serving = tokio::spawn(async move {
+            tokio::join!(public, async {
+                if let Some(ops) = ops_server {
+                    ops.await;
+                }
+            });
+        });
+        tokio::spawn(graceful);
         let server = async move {
-            let serving = tokio::spawn(server);
             // Once the stop signal came, give in-flight requests a bounded time.
-            let _ = drained_rx.await;
+            let _ = closing.wait_for(|closing| *closing).await;
             match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
                 Ok(joined) => joined.map_err(anyhow::Error::from),
                 Err(_) => {
@@ -187,6 +231,10 @@ impl Application {
         }
     }
 }
+
+/// Connections of the operations listener at most: a few operators and a
+/// scraper, kept within the descriptors `DESCRIPTOR_RESERVE` sets aside.
+const OPS_MAX_CONNECTIONS: usize = 32;
 
 /// The connection cap where the descriptor limit cannot be read.
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;

@@ -376,3 +376,101 @@ async fn healthz_on(stream: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&buffer[..read]).into_owned()
 }
+
+/// XLEN calls a Redis served so far: the dashboard sends one per SKU
+/// shown, and (with the background services off) nothing else does.
+async fn xlen_calls(redis: &RedisServer) -> u64 {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xlen:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dashboard_computation_serves_every_viewer_of_an_interval() {
+    const VIEWERS: usize = 20;
+    let redis = RedisServer::start();
+    let mut config = test_config();
+    config.stores.redis_url = redis.url();
+    config.dashboard_interval_ms = 1000;
+    (config.no_worker, config.no_reaper, config.no_reconciler) = (true, true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku(SKU, json!({"on_hand": 10})).await;
+    let before = xlen_calls(&redis).await;
+
+    let views = futures::future::join_all((0..VIEWERS).map(|_| async {
+        let response = app
+            .client
+            .get(app.url("/v1/dashboard"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        body(response).await
+    }))
+    .await;
+    assert_eq!(xlen_calls(&redis).await, before + 1, "one computation");
+    assert!(views.iter().all(|view| *view == views[0]));
+    assert_eq!(views[0]["skus"][0]["sku"], SKU);
+
+    // The next interval computes afresh.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let response = app
+        .client
+        .get(app.url("/v1/dashboard"))
+        .send()
+        .await
+        .unwrap();
+    let later = body(response).await;
+    assert_eq!(xlen_calls(&redis).await, before + 2, "a second computation");
+    assert_ne!(later["generated_at"], views[0]["generated_at"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_operations_listener_serves_dashboard_and_metrics_apart_from_the_api() {
+    let ops_port = common::process::free_port();
+    let mut config = test_config();
+    config.ops_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], ops_port)));
+    let app = spawn_app_with(config).await;
+    app.create_sku(SKU, json!({"on_hand": 10})).await;
+    let ops = |path: &str| {
+        let request = app.client.get(format!("http://127.0.0.1:{ops_port}{path}"));
+        async move { request.send().await.unwrap() }
+    };
+
+    // The public listener: the API and the probes, nothing for operators.
+    for path in ["/", "/metrics", "/v1/dashboard", "/dashboard.js"] {
+        assert_problem(app.get(path).await, 404, "not_found").await;
+    }
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+    assert_eq!(app.sku(SKU).await["on_hand"], 10);
+
+    // The operations listener: dashboard, metrics and probes, no API.
+    let page = ops("/").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let metrics = ops("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("dropgate_build_info"), "{metrics}");
+    let figures = body(ops("/v1/dashboard").await).await;
+    assert_eq!(figures["skus"][0]["sku"], SKU);
+    assert_eq!(figures["skus"][0]["on_hand"], 10);
+    assert_eq!(ops("/readyz").await.status(), 200);
+    assert_problem(ops(&format!("/v1/skus/{SKU}")).await, 404, "not_found").await;
+    app.stop().await;
+}

@@ -39,6 +39,8 @@ pub async fn run(config: DevConfig) -> anyhow::Result<()> {
         header_timeout_ms: 10_000,
         idle_timeout_ms: 75_000,
         max_connections: None,
+        ops_listen: None,
+        dashboard_interval_ms: 1000,
         no_worker: false,
         no_reaper: false,
         no_reconciler: false,

@@ -9,6 +9,7 @@ mod ops;
 mod server;
 mod skus;
 
+pub use dashboard::DashboardCache;
 pub use error::ApiError;
 pub use extract::Tokens;
 pub use server::{connection_cap, descriptor_limit, serve, ConnectionLimits, DESCRIPTOR_RESERVE};
@@ -54,6 +55,7 @@ pub struct AppState {
     /// while in-flight and arriving requests are still served.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub requests: Arc<RequestLimits>,
+    pub dashboard: Arc<DashboardCache>,
 }
 
 /// Bounds of request handling.
@@ -84,14 +86,43 @@ impl RequestLimits {
 /// operators and load balancers need most when the process is overloaded.
 const UNLIMITED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
+/// Every endpoint, for one listener (no `DROPGATE_OPS_LISTEN`).
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
+    let routes = api().merge(operations());
+    layered(routes, state)
+}
+
+/// The public listener's endpoints when the operations endpoints have a
+/// listener of their own: the API, its OpenAPI document and the probes a
+/// load balancer asks.
+pub fn public_router(state: AppState) -> Router {
+    layered(api().merge(ops::probes()), state)
+}
+
+/// The operations listener (`DROPGATE_OPS_LISTEN`): dashboard, metrics,
+/// probes. No token; bind it to a private address.
+pub fn ops_router(state: AppState) -> Router {
+    layered(operations(), state)
+}
+
+fn api() -> Router<AppState> {
     Router::new()
         .merge(holds::router())
         .merge(skus::router())
-        .merge(ops::router())
         .merge(openapi::router())
+}
+
+fn operations() -> Router<AppState> {
+    Router::new()
+        .merge(ops::probes())
+        .merge(ops::metrics_router())
         .merge(dashboard::router())
+}
+
+/// The layers every listener's requests pass through.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    routes
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), time_and_bound))

@@ -11,11 +11,16 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-pub fn router() -> Router<AppState> {
+/// Liveness and readiness: on the public listener too, for load balancers.
+pub fn probes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`: on the operations listener when there is one.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// The body of `GET /healthz`.

@@ -54,6 +54,9 @@ pub fn test_config() -> ServeConfig {
         header_timeout_ms: 10_000,
         idle_timeout_ms: 75_000,
         max_connections: None,
+        ops_listen: None,
+        // Tests read the dashboard right after changing what it shows.
+        dashboard_interval_ms: 0,
         no_worker: false,
         no_reaper: false,
         no_reconciler: false,
