@@ -50,7 +50,9 @@ pub fn test_config() -> ServeConfig {
         redis_wait_replicas: 0,
         shutdown_delay_ms: 0,
         redis_wait_timeout_ms: 100,
-        max_in_flight: 1024,
+        // Tests fire thousands of concurrent requests to check atomicity,
+        // not load shedding (tests/edge.rs sets its own limit).
+        max_in_flight: 10_000,
         header_timeout_ms: 10_000,
         idle_timeout_ms: 75_000,
         max_connections: None,
