@@ -54,7 +54,7 @@ impl Application {
             metrics,
             draining: Arc::default(),
             requests: Arc::new(http::RequestLimits::new(
-                config.stores.store_timeout(),
+                config.stores.store_timeout() * 2,
                 config.max_in_flight as usize,
             )),
             dashboard: Arc::new(http::DashboardCache::new(Duration::from_millis(

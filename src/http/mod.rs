@@ -64,10 +64,11 @@ pub struct AppState {
 /// Bounds of request handling.
 #[derive(Debug)]
 pub struct RequestLimits {
-    /// No request answers later than this (the store timeout): past it, 503
-    /// `unavailable`. Work queued in the process (a confirm waiting for the
-    /// SKU's ledger flush) counts, so an answer never waits on a store
-    /// longer than a store call may take.
+    /// No request answers later than this (twice the store timeout: one
+    /// store call, and the Postgres fallback's after a failed Redis one):
+    /// past it, 503 `unavailable`. Work queued in the process (a confirm
+    /// waiting for the SKU's ledger flush) counts, so an answer never waits
+    /// on the stores much longer than a store call may take.
     pub deadline: Duration,
     /// One permit per request being handled (`DROPGATE_MAX_IN_FLIGHT`). A
     /// request that finds none is answered 503 at once, before it touches a
