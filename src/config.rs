@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API, with the commit worker and the reaper in the same process.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Zero-setup local run: find or start Redis and Postgres, migrate, seed a
     /// demo drop, serve.
     Dev(DevConfig),
@@ -252,6 +252,43 @@ pub struct ServeConfig {
           default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub shutdown_delay_ms: u64,
 
+    /// Requests handled at once, at most; beyond them, 503 `unavailable`
+    /// with Retry-After at once instead of queueing on the stores.
+    #[arg(long, env = "DROPGATE_MAX_IN_FLIGHT", value_name = "DROPGATE_MAX_IN_FLIGHT",
+          default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
+    /// A new connection must send its first request head within this long
+    /// (ms), or it is closed (slowloris).
+    #[arg(long, env = "DROPGATE_HEADER_TIMEOUT_MS", value_name = "DROPGATE_HEADER_TIMEOUT_MS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_timeout_ms: u64,
+
+    /// After a response, the next request head must be complete within this
+    /// long (ms), idle time included, or the connection is closed. Set it
+    /// above the idle timeout of any load balancer in front.
+    #[arg(long, env = "DROPGATE_IDLE_TIMEOUT_MS", value_name = "DROPGATE_IDLE_TIMEOUT_MS",
+          default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
+    /// Open HTTP connections at most; default and ceiling: the descriptor
+    /// limit (RLIMIT_NOFILE) less 128 kept for stores and files.
+    #[arg(long, env = "DROPGATE_MAX_CONNECTIONS", value_name = "DROPGATE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_connections: Option<u32>,
+
+    /// A second address for the operations endpoints (dashboard, /metrics,
+    /// probes), so they can be private while the API is public; the public
+    /// listener then keeps only the API and the probes.
+    #[arg(long, env = "DROPGATE_OPS_LISTEN", value_name = "DROPGATE_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
+    /// The dashboard's figures are computed at most once per this many ms
+    /// and shared by every viewer; 0 computes them for each request.
+    #[arg(long, env = "DROPGATE_DASHBOARD_INTERVAL_MS", value_name = "DROPGATE_DASHBOARD_INTERVAL_MS",
+          default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub dashboard_interval_ms: u64,
+
     /// Do not run the commit worker in this process.
     #[arg(long)]
     pub no_worker: bool,
@@ -297,6 +334,12 @@ impl Default for ServeConfig {
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
             shutdown_delay_ms: 0,
+            max_in_flight: 1024,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_connections: None,
+            ops_listen: None,
+            dashboard_interval_ms: 1000,
             no_worker: false,
             no_reaper: false,
             no_reconciler: false,

@@ -8,7 +8,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(config) => {
             dropgate::telemetry::init_logs(config.log_json);
-            serve(config).await
+            serve(*config).await
         }
         Command::Dev(config) => {
             dropgate::telemetry::init_logs(false);

@@ -164,15 +164,19 @@ impl Reconciler {
             sold: snapshot.sold - ledger.figures.stock.sold,
             repaired: false,
         };
-        let label = sku.to_string();
-        metrics::gauge!(metric::STREAM_BACKLOG_EVENTS, "sku" => label.clone())
-            .set(snapshot.backlog as f64);
-        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "on_hand")
-            .set(drift.on_hand as f64);
-        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "held")
-            .set(drift.held as f64);
-        metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label, "counter" => "sold")
-            .set(drift.sold as f64);
+        // Per-SKU gauges only for labelled SKUs: one shared "other" gauge
+        // would only show whichever SKU was checked last.
+        let label = crate::telemetry::sku_label(sku);
+        if label != crate::telemetry::OTHER_SKUS {
+            metrics::gauge!(metric::STREAM_BACKLOG_EVENTS, "sku" => label.clone())
+                .set(snapshot.backlog as f64);
+            metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "on_hand")
+                .set(drift.on_hand as f64);
+            metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label.clone(), "counter" => "held")
+                .set(drift.held as f64);
+            metrics::gauge!(metric::RECONCILER_DRIFT_UNITS, "sku" => label, "counter" => "sold")
+                .set(drift.sold as f64);
+        }
         if (drift.on_hand, drift.held, drift.sold) == (0, 0, 0) {
             return Ok(None);
         }

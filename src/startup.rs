@@ -24,6 +24,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 pub struct Application {
     listener: TcpListener,
+    /// `DROPGATE_OPS_LISTEN`: dashboard, metrics and probes, apart.
+    ops_listener: Option<TcpListener>,
     state: AppState,
     config: ServeConfig,
 }
@@ -64,12 +66,28 @@ impl Application {
             limits: Arc::new(RateLimits::new(config.customer_rps, config.global_rps)),
             metrics,
             draining: Arc::default(),
+            requests: Arc::new(http::RequestLimits::new(
+                config.stores.store_timeout() * 2,
+                config.max_in_flight as usize,
+            )),
+            dashboard: Arc::new(http::DashboardCache::new(Duration::from_millis(
+                config.dashboard_interval_ms,
+            ))),
         };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("DROPGATE_LISTEN: cannot listen on {}", config.listen))?;
+        let ops_listener = match config.ops_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("DROPGATE_OPS_LISTEN: cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            ops_listener,
             state,
             config,
         })
@@ -77,6 +95,11 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The operations listener's address, when there is one.
+    pub fn ops_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.ops_listener.as_ref().map(TcpListener::local_addr)
     }
 
     pub fn app(&self) -> &Dropgate {
@@ -89,6 +112,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let limits = self.connection_limits();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = Vec::new();
         // Each service records into this application's metrics.
@@ -116,8 +140,16 @@ impl Application {
         )));
 
         let draining = self.state.draining.clone();
-        let router = http::router(self.state);
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let (router, ops) = match self.ops_listener {
+            Some(listener) => (
+                http::public_router(self.state.clone()),
+                Some((listener, http::ops_router(self.state))),
+            ),
+            None => (http::router(self.state), None),
+        };
+        // Set once the stop signal came and the delay passed: both listeners
+        // stop accepting and drain.
+        let (closing_tx, mut closing) = watch::channel(false);
         let delay = Duration::from_millis(self.config.shutdown_delay_ms);
         let graceful = async move {
             shutdown.await;
@@ -131,17 +163,32 @@ impl Application {
             );
             tokio::time::sleep(delay).await;
             tracing::info!("stopping: no new connections; draining in-flight requests");
-            let _ = drained_tx.send(());
+            let _ = closing_tx.send(true);
         };
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(graceful);
+        let closed = |mut closing: watch::Receiver<bool>| async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        };
+        let ops_server = ops.map(|(listener, router)| {
+            let limits = http::ConnectionLimits {
+                max_connections: OPS_MAX_CONNECTIONS,
+                ..limits
+            };
+            http::serve(listener, router, limits, closed(closing.clone()))
+        });
+        let public = http::serve(self.listener, router, limits, closed(closing.clone()));
+        let serving = tokio::spawn(async move {
+            tokio::join!(public, async {
+                if let Some(ops) = ops_server {
+                    ops.await;
+                }
+            });
+        });
+        tokio::spawn(graceful);
         let server = async move {
-            let serving = tokio::spawn(async move { server.await });
             // Once the stop signal came, give in-flight requests a bounded time.
-            let _ = drained_rx.await;
+            let _ = closing.wait_for(|closing| *closing).await;
             match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
-                Ok(joined) => joined
-                    .map_err(anyhow::Error::from)?
-                    .map_err(anyhow::Error::from),
+                Ok(joined) => joined.map_err(anyhow::Error::from),
                 Err(_) => {
                     tracing::warn!("in-flight requests did not finish in time");
                     Ok(())
@@ -157,6 +204,54 @@ impl Application {
         result
     }
 }
+
+impl Application {
+    /// The connection bounds, the cap kept below the descriptor limit; says
+    /// so in one log line, as running out of descriptors would lock out
+    /// every client.
+    fn connection_limits(&self) -> http::ConnectionLimits {
+        let configured = self.config.max_connections.map(|n| n as usize);
+        let max_connections = match http::descriptor_limit() {
+            Some(nofile) => {
+                let cap = http::connection_cap(configured, nofile);
+                if configured.is_some_and(|n| n > cap) {
+                    tracing::warn!(
+                        max_connections = cap,
+                        descriptor_limit = nofile,
+                        "DROPGATE_MAX_CONNECTIONS lowered to stay below the descriptor limit"
+                    );
+                }
+                tracing::info!(
+                    max_connections = cap,
+                    descriptor_limit = nofile,
+                    "HTTP connections capped at {cap}: descriptor limit {nofile} less {} kept for stores and files",
+                    http::DESCRIPTOR_RESERVE
+                );
+                cap
+            }
+            None => {
+                let cap = configured.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+                tracing::info!(
+                    max_connections = cap,
+                    "HTTP connections capped at {cap} (descriptor limit unknown)"
+                );
+                cap
+            }
+        };
+        http::ConnectionLimits {
+            header_timeout: Duration::from_millis(self.config.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.config.idle_timeout_ms),
+            max_connections,
+        }
+    }
+}
+
+/// Connections of the operations listener at most: a few operators and a
+/// scraper, kept within the descriptors `DESCRIPTOR_RESERVE` sets aside.
+const OPS_MAX_CONNECTIONS: usize = 32;
+
+/// The connection cap where the descriptor limit cannot be read.
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 async fn forget_idle_customers(limits: Arc<RateLimits>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -206,7 +301,7 @@ pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Drop
 /// `dropgate migrate`: creates the ledger's database if missing and applies
 /// the migrations.
 pub async fn migrate(stores: &crate::config::StoreConfig) -> anyhow::Result<()> {
-    ledger::migrate(&stores.database_url)
+    ledger::migrate(&stores.database_url, stores.store_timeout())
         .await
         .context("DATABASE_URL: cannot migrate the ledger")
 }

@@ -10,6 +10,7 @@
 //! keep their figures apart, and a test can assert exact values. Whatever is
 //! recorded outside any scope lands in [`Metrics::process`].
 
+use crate::domain::SkuId;
 use metrics::atomics::AtomicU64;
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -18,9 +19,11 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 use metrics_util::registry::{Registry, Storage};
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Once, OnceLock};
+use std::sync::{LazyLock, RwLock};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the log subscriber once; later calls are no-ops (tests).
@@ -92,6 +95,16 @@ pub mod metric {
     pub const LEDGER_DEAD_LETTERS_OPEN: &str = "dropgate_ledger_dead_letters_open";
     /// Gauge: SKUs the gate has events for but the ledger does not know.
     pub const LEDGER_UNKNOWN_SKUS: &str = "dropgate_ledger_unknown_skus";
+    /// Counter, by `kind`: Redis replies that mean "unavailable" (out of
+    /// memory, read-only, loading, busy, master down, cluster).
+    pub const REDIS_ERRORS_TOTAL: &str = "dropgate_redis_errors_total";
+    /// Counter: requests answered 503 at once because too many were in flight.
+    pub const REQUESTS_SHED_TOTAL: &str = "dropgate_requests_shed_total";
+    /// Counter: connections closed for not finishing a request head in time.
+    pub const HTTP_SLOW_CONNECTIONS_CLOSED_TOTAL: &str =
+        "dropgate_http_slow_connections_closed_total";
+    /// Counter: computations of the dashboard's figures (shared by viewers).
+    pub const DASHBOARD_COMPUTATIONS_TOTAL: &str = "dropgate_dashboard_computations_total";
     /// Counter: SKUs dropped from a gate built from another ledger.
     pub const GATE_FOREIGN_SKUS_DROPPED_TOTAL: &str = "dropgate_gate_foreign_skus_dropped_total";
 }
@@ -366,6 +379,32 @@ impl HistogramFn for Tally {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 Some((f64::from_bits(bits) + value).to_bits())
             });
+    }
+}
+
+/// SKUs that get a `sku` label of their own, at most; the rest share
+/// `OTHER_SKUS`, so the number of per-SKU series stays bounded whatever the
+/// catalogue's size.
+pub const MAX_SKU_LABELS: usize = 100;
+
+/// The `sku` label of every SKU beyond `MAX_SKU_LABELS`.
+pub const OTHER_SKUS: &str = "other";
+
+/// The `sku` label for a SKU this process knows to exist (its script
+/// answered for it, or the gate lists it): its id for the first
+/// `MAX_SKU_LABELS` such SKUs seen, `OTHER_SKUS` after. Callers must not
+/// pass ids taken from a request alone, or made-up SKUs would claim labels.
+pub fn sku_label(sku: &SkuId) -> String {
+    static LABELLED: LazyLock<RwLock<HashSet<SkuId>>> = LazyLock::new(Default::default);
+    if LABELLED.read().is_ok_and(|seen| seen.contains(sku)) {
+        return sku.as_str().to_owned();
+    }
+    match LABELLED.write() {
+        Ok(mut seen) if seen.contains(sku) || seen.len() < MAX_SKU_LABELS => {
+            seen.insert(sku.clone());
+            sku.as_str().to_owned()
+        }
+        _ => OTHER_SKUS.to_owned(),
     }
 }
 

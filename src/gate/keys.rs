@@ -67,4 +67,10 @@ impl<'a> Keys<'a> {
     pub(super) fn gate_ledger(self) -> String {
         format!("{}:gate:ledger", self.prefix)
     }
+
+    /// Written by every readiness probe: a write is what finds a Redis that
+    /// reads fine but refuses writes (out of memory, read-only).
+    pub(super) fn probe(self) -> String {
+        format!("{}:probe", self.prefix)
+    }
 }

@@ -19,6 +19,7 @@
 //! * `rebuild`: closing a SKU and writing it anew from the ledger.
 
 mod admit;
+mod connection;
 mod expire;
 mod extend;
 mod keys;
@@ -34,6 +35,7 @@ mod stream;
 mod trim;
 
 pub use admit::Admit;
+pub use connection::{GateConnection, Trouble};
 pub use expire::{Expire, Expired};
 pub use extend::Extend;
 pub use lose::Lose;
@@ -48,7 +50,7 @@ pub use trim::Trim;
 
 use crate::domain::{Admission, HoldId, HoldState, HoldTransition, SkuFigures, SkuId, Stock};
 use keys::Keys;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -73,8 +75,10 @@ pub enum GateError {
 }
 
 impl GateError {
-    /// True when Redis could not be reached or did not answer in time, as
-    /// opposed to answering with an error (a bug on our side).
+    /// True when Redis could not be reached, did not answer in time, or
+    /// answered that it cannot serve now (`Trouble`: out of memory,
+    /// read-only, loading, …), as opposed to answering with an error (a bug
+    /// on our side).
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Redis(e) => {
@@ -82,10 +86,18 @@ impl GateError {
                     || e.is_timeout()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+                    || Trouble::of(e).is_some()
             }
             Self::Protocol(_) | Self::NotClosed(_) => false,
+        }
+    }
+
+    /// The reply with which a reachable Redis refused to serve, if that is
+    /// what this error is.
+    pub fn trouble(&self) -> Option<Trouble> {
+        match self {
+            Self::Redis(e) => Trouble::of(e),
+            Self::Protocol(_) | Self::NotClosed(_) => None,
         }
     }
 
@@ -102,7 +114,8 @@ pub struct Gate {
     /// deadpool-redis pool of 32 (1.76x), p99 6.5 ms vs 11.1 ms. Concurrent
     /// scripts share one socket's writes and reads, so each admission is one
     /// round trip; a pool checkout adds UNWATCH/PING round trips and queueing.
-    conn: ConnectionManager,
+    /// Reopened when Redis answers READONLY, to follow a failover.
+    conn: GateConnection,
     /// Opens the connections that must not share `conn` (blocking reads).
     client: redis::Client,
     timeout: Duration,
@@ -125,8 +138,7 @@ impl Gate {
     /// (and report not ready) while Redis is down.
     pub fn connect(redis_url: &str, prefix: &str, timeout: Duration) -> Result<Self, GateError> {
         let client = redis::Client::open(redis_url)?;
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), connection_config(timeout))?;
+        let conn = GateConnection::new(client.clone(), connection_config(timeout))?;
         Ok(Self {
             conn,
             client,

@@ -3,9 +3,9 @@
 //! consumer (group reads, claims of what dead consumers left, acks).
 
 use super::keys::Keys;
+use super::GateConnection;
 use super::{reply, Gate, GateError, CONSUMER_GROUP};
 use crate::domain::{Event, Position, SkuId};
-use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadOptions,
     StreamReadReply,
@@ -53,10 +53,8 @@ impl Gate {
     /// of its own: a blocking read on the shared, pipelined connection would
     /// stall every request queued behind it.
     pub fn consumer(&self, name: &str) -> Result<Consumer, GateError> {
-        let conn = ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            super::connection_config(self.timeout),
-        )?;
+        let conn =
+            GateConnection::new(self.client.clone(), super::connection_config(self.timeout))?;
         Ok(Consumer {
             conn,
             prefix: Arc::clone(&self.prefix),
@@ -87,7 +85,7 @@ pub struct Delivery {
 
 /// A member of the commit worker's consumer group on every SKU stream.
 pub struct Consumer {
-    conn: ConnectionManager,
+    conn: GateConnection,
     prefix: Arc<str>,
     name: String,
 }

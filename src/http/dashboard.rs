@@ -10,15 +10,16 @@ use crate::domain::SkuId;
 use crate::gate::Gate;
 use crate::ledger::LedgerSku;
 use crate::telemetry::metric;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
@@ -135,11 +136,50 @@ impl Drift {
     }
 }
 
+/// The dashboard's figures, computed at most once per interval and shared
+/// by every viewer: each computation costs dozens of Redis commands, a few
+/// queries and a metrics render, so a crowd of viewers (or one flood of
+/// unauthenticated requests) must not multiply that cost.
+pub struct DashboardCache {
+    /// How long one computation is served; zero computes for every request.
+    interval: Duration,
+    /// The last answer and when it was ready. Viewers arriving while it is
+    /// being computed wait on the lock for that one computation.
+    last: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+}
+
+impl DashboardCache {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self, state: &AppState) -> Bytes {
+        let mut last = self.last.lock().await;
+        if let Some((ready_at, body)) = last.as_ref() {
+            if ready_at.elapsed() < self.interval {
+                return body.clone();
+            }
+        }
+        metrics::counter!(crate::telemetry::metric::DASHBOARD_COMPUTATIONS_TOTAL).increment(1);
+        let body = Bytes::from(serde_json::to_vec(&collect(state).await).unwrap_or_default());
+        *last = Some((Instant::now(), body.clone()));
+        body
+    }
+}
+
 async fn figures(State(state): State<AppState>) -> Response {
-    let mut body = Json(collect(&state).await).into_response();
-    body.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    body
+    let body = state.dashboard.get(&state).await;
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `Some` when `future` finished in time without error.

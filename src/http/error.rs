@@ -16,6 +16,11 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     Malformed(&'static str),
     PayloadTooLarge,
+    /// The request target is over `MAX_URI_BYTES`.
+    UriTooLong,
+    /// The request's header fields are over `MAX_HEADER_BYTES` or
+    /// `MAX_HEADER_COUNT`.
+    HeaderFieldsTooLarge,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     NotFound(&'static str),
@@ -39,6 +44,8 @@ pub enum ApiError {
         dependency: &'static str,
         retry_after_s: u64,
     },
+    /// The process is handling as many requests as it may: shed.
+    Overloaded,
     Internal,
 }
 
@@ -54,6 +61,8 @@ impl ApiError {
             Self::Validation(_) => ProblemCode::Validation,
             Self::Malformed(_) => ProblemCode::Malformed,
             Self::PayloadTooLarge => ProblemCode::PayloadTooLarge,
+            Self::UriTooLong => ProblemCode::UriTooLong,
+            Self::HeaderFieldsTooLarge => ProblemCode::HeaderFieldsTooLarge,
             Self::IdempotencyKeyMissing => ProblemCode::IdempotencyKeyMissing,
             Self::IdempotencyKeyReused => ProblemCode::IdempotencyKeyReused,
             Self::NotFound(_) | Self::RouteNotFound => ProblemCode::NotFound,
@@ -68,7 +77,7 @@ impl ApiError {
             Self::HoldState(HoldState::Held) => ProblemCode::HoldHeld,
             Self::ExtensionLimit => ProblemCode::ExtensionLimit,
             Self::Conflict(_) => ProblemCode::Conflict,
-            Self::Unavailable { .. } => ProblemCode::Unavailable,
+            Self::Unavailable { .. } | Self::Overloaded => ProblemCode::Unavailable,
             Self::Internal => ProblemCode::Internal,
         }
     }
@@ -80,6 +89,8 @@ impl ApiError {
             Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Malformed(_) | Self::IdempotencyKeyMissing => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::SoldOut { .. }
@@ -88,7 +99,7 @@ impl ApiError {
             | Self::ExtensionLimit
             | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +111,8 @@ impl ApiError {
             Self::Validation(_) => "The request failed validation",
             Self::Malformed(_) => "The body is not a JSON object",
             Self::PayloadTooLarge => "The body is over 16 KiB",
+            Self::UriTooLong => "The request target is too long",
+            Self::HeaderFieldsTooLarge => "The request's header fields are too large",
             Self::IdempotencyKeyMissing => "Idempotency-Key header missing",
             Self::IdempotencyKeyReused => "Idempotency-Key reused with a different request",
             Self::NotFound(_) | Self::RouteNotFound => "Not found",
@@ -110,7 +123,7 @@ impl ApiError {
             Self::HoldState(_) => "The hold is not in a state that allows this",
             Self::ExtensionLimit => "The hold cannot be extended again",
             Self::Conflict(_) => "Conflict",
-            Self::Unavailable { .. } => "Service unavailable",
+            Self::Unavailable { .. } | Self::Overloaded => "Service unavailable",
             Self::Internal => "Internal error",
         }
     }
@@ -139,7 +152,17 @@ impl ApiError {
             Self::ExtensionLimit => "the hold was already extended max_extensions times".into(),
             Self::Conflict(why) => why.clone(),
             Self::Unavailable { dependency, .. } => format!("{dependency} is unavailable"),
+            Self::Overloaded => "dropgate is shedding load".into(),
             Self::PayloadTooLarge => "bodies are limited to 16384 bytes".into(),
+            Self::UriTooLong => format!(
+                "the path and query are limited to {} bytes",
+                super::MAX_URI_BYTES
+            ),
+            Self::HeaderFieldsTooLarge => format!(
+                "header fields are limited to {} fields and {} bytes",
+                super::MAX_HEADER_COUNT,
+                super::MAX_HEADER_BYTES
+            ),
             Self::Internal => "see the server log for this request id".into(),
         }
     }
@@ -150,6 +173,7 @@ impl ApiError {
             Self::RateLimited { retry_after_s } | Self::Unavailable { retry_after_s, .. } => {
                 Some(*retry_after_s)
             }
+            Self::Overloaded => Some(1),
             _ => None,
         }
     }
@@ -274,6 +298,8 @@ pub enum ProblemCode {
     Validation,
     Malformed,
     PayloadTooLarge,
+    UriTooLong,
+    HeaderFieldsTooLarge,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     NotFound,
@@ -293,12 +319,14 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::Validation,
         Self::Malformed,
         Self::PayloadTooLarge,
+        Self::UriTooLong,
+        Self::HeaderFieldsTooLarge,
         Self::IdempotencyKeyMissing,
         Self::IdempotencyKeyReused,
         Self::NotFound,
@@ -324,6 +352,8 @@ impl ProblemCode {
             Self::Validation => "validation",
             Self::Malformed => "malformed",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeaderFieldsTooLarge => "header_fields_too_large",
             Self::IdempotencyKeyMissing => "idempotency_key_missing",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::NotFound => "not_found",

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Bearer tokens. Compared in constant time; never logged.
@@ -16,18 +17,27 @@ pub struct Tokens {
     pub storefront: Vec<String>,
 }
 
+/// A token reduced to a fixed-size digest. Comparing digests rather than
+/// the tokens themselves makes the comparison's time independent of both
+/// lengths: `ct_eq` on byte slices of different lengths returns at once.
+type TokenDigest = [u8; 32];
+
+fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 impl Tokens {
-    fn is(candidate: &str, token: &str) -> bool {
-        bool::from(candidate.as_bytes().ct_eq(token.as_bytes()))
+    fn is(candidate: &TokenDigest, token: &str) -> bool {
+        bool::from(candidate.ct_eq(&digest(token)))
     }
 
-    fn is_admin(&self, candidate: &str) -> bool {
+    fn is_admin(&self, candidate: &TokenDigest) -> bool {
         self.admin
             .as_deref()
             .is_some_and(|t| Self::is(candidate, t))
     }
 
-    fn is_storefront(&self, candidate: &str) -> bool {
+    fn is_storefront(&self, candidate: &TokenDigest) -> bool {
         // Check every token, so timing does not tell which one matched.
         self.storefront
             .iter()
@@ -35,10 +45,13 @@ impl Tokens {
     }
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
+/// The digest of the request's bearer token, if it sent one.
+fn bearer(parts: &Parts) -> Option<TokenDigest> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| digest(token.trim()))
 }
 
 /// A caller holding a storefront token (the admin token works too).
@@ -49,7 +62,7 @@ impl FromRequestParts<AppState> for Storefront {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        if state.tokens.is_storefront(token) || state.tokens.is_admin(token) {
+        if state.tokens.is_storefront(&token) || state.tokens.is_admin(&token) {
             Ok(Self)
         } else {
             Err(ApiError::Unauthorized)
@@ -65,9 +78,9 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        if state.tokens.is_admin(token) {
+        if state.tokens.is_admin(&token) {
             Ok(Self)
-        } else if state.tokens.is_storefront(token) {
+        } else if state.tokens.is_storefront(&token) {
             Err(ApiError::Forbidden)
         } else {
             Err(ApiError::Unauthorized)
@@ -213,6 +226,23 @@ pub fn validated<T>(value: Option<T>, errors: Vec<FieldError>) -> Result<T, ApiE
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tokens_match_only_exactly_whatever_the_lengths() {
+        let tokens = Tokens {
+            admin: Some("admin-token-1".to_owned()),
+            storefront: vec!["store-token-1".to_owned(), "store-token-2".to_owned()],
+        };
+        assert!(tokens.is_admin(&digest("admin-token-1")));
+        assert!(tokens.is_storefront(&digest("store-token-2")));
+        for wrong in ["", "admin-token-", "admin-token-12", "store-token-1", "x"] {
+            assert!(!tokens.is_admin(&digest(wrong)), "{wrong:?}");
+        }
+        for wrong in ["store-token-", "store-token-10", "admin-token-1"] {
+            assert!(!tokens.is_storefront(&digest(wrong)), "{wrong:?}");
+        }
+        assert!(!Tokens::default().is_admin(&digest("")));
+    }
 
     #[test]
     fn integers_may_be_written_as_floats() {

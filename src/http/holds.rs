@@ -198,10 +198,11 @@ pub(super) async fn admit(
     };
     let outcome = if replayed { "replayed" } else { outcome };
     metrics::counter!(metric::ADMISSIONS_TOTAL, "outcome" => outcome).increment(1);
-    let label = if outcome == "not_found" {
-        "other".to_owned()
-    } else {
-        sku_label(&sku)
+    // Only an outcome the SKU's own script decided proves the SKU exists; an
+    // unknown SKU or a store error must not claim a label of its own.
+    let label = match &admitted {
+        Ok(a) if a.outcome != Admission::UnknownSku => crate::telemetry::sku_label(&sku),
+        _ => crate::telemetry::OTHER_SKUS.to_owned(),
     };
     metrics::counter!(metric::ADMISSIONS_BY_SKU_TOTAL, "sku" => label, "outcome" => outcome)
         .increment(1);
@@ -247,27 +248,6 @@ pub(super) async fn admit(
 pub(super) struct HoldParam {
     /// The hold's id, as `POST /v1/skus/{sku}/holds` answered it.
     hold_id: uuid::Uuid,
-}
-
-/// SKUs get their own label up to this many; the rest share "other", so a
-/// flood of made-up SKU ids cannot blow up the metrics' cardinality.
-const MAX_SKU_LABELS: usize = 100;
-
-fn sku_label(sku: &crate::domain::SkuId) -> String {
-    use std::sync::{LazyLock, RwLock};
-    static SEEN: LazyLock<RwLock<std::collections::HashSet<String>>> =
-        LazyLock::new(Default::default);
-    let known = SEEN.read().is_ok_and(|seen| seen.contains(sku.as_str()));
-    if known {
-        return sku.as_str().to_owned();
-    }
-    match SEEN.write() {
-        Ok(mut seen) if seen.len() < MAX_SKU_LABELS => {
-            seen.insert(sku.as_str().to_owned());
-            sku.as_str().to_owned()
-        }
-        _ => "other".to_owned(),
-    }
 }
 
 fn outcome_label(admission: &Admission) -> &'static str {

@@ -2,6 +2,7 @@
 //! server to a private address.
 
 use super::AppState;
+use crate::gate::Trouble;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -10,11 +11,16 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-pub fn router() -> Router<AppState> {
+/// Liveness and readiness: on the public listener too, for load balancers.
+pub fn probes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`: on the operations listener when there is one.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// The body of `GET /healthz`.
@@ -42,7 +48,10 @@ pub(super) struct Readiness {
     /// `ready` or `not ready`.
     #[schema(value_type = String, example = "ready")]
     status: &'static str,
-    /// `ok` or `unreachable`.
+    /// `ok`, `unreachable`, or what a reachable Redis said it cannot do
+    /// now: `out of memory`, `read-only (a replica)`, `replica without its
+    /// primary`, `loading its dataset`, `busy running a script`, `cluster
+    /// unavailable`.
     #[schema(value_type = String, example = "ok")]
     redis: &'static str,
     /// `ok` or `unreachable`.
@@ -73,15 +82,25 @@ pub(super) struct Readiness {
     )
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (redis, postgres) = tokio::join!(state.app.gate.epoch(), state.app.ledger.ping());
+    let (redis, postgres) = tokio::join!(state.app.gate.probe(), state.app.ledger.ping());
     let redis_ok = redis.is_ok();
+    let trouble = redis.as_ref().err().and_then(|e| e.trouble());
     let gate_built = matches!(redis, Ok(Some(_)));
     let postgres_ok = postgres.is_ok();
     let mut missing = Vec::new();
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         missing.push("dropgate (shutting down)");
     }
-    if !redis_ok {
+    if let Some(trouble) = trouble {
+        missing.push(match trouble {
+            Trouble::OutOfMemory => "redis (out of memory)",
+            Trouble::ReadOnly => "redis (read-only: a replica)",
+            Trouble::MasterDown => "redis (replica without its primary)",
+            Trouble::Loading => "redis (loading its dataset)",
+            Trouble::Busy => "redis (busy running a script)",
+            Trouble::Cluster => "redis (cluster unavailable)",
+        });
+    } else if !redis_ok {
         missing.push("redis");
     } else if !gate_built {
         missing.push("gate (rebuilding from the ledger)");
@@ -104,7 +123,11 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         } else {
             "not ready"
         },
-        redis: if redis_ok { "ok" } else { "unreachable" },
+        redis: match (redis_ok, trouble) {
+            (true, _) => "ok",
+            (false, Some(trouble)) => trouble.describe(),
+            (false, None) => "unreachable",
+        },
         postgres: if postgres_ok { "ok" } else { "unreachable" },
         gate: if gate_built { "built" } else { "not built" },
         missing,

@@ -165,6 +165,15 @@ pub(super) async fn adjust(
         if r.trim().is_empty() || r.chars().count() > MAX_REASON_CHARS {
             errors.push(FieldError::new("reason", "must be 1..500 characters"));
         }
+        // The reason lands in a Postgres text column, which refuses NUL: one
+        // such byte would fail every retry of the batch that carries it.
+        // Other control characters have no place in an audit line either.
+        if r.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                "reason",
+                "must not contain control characters",
+            ));
+        }
     }
     let (delta, reason) = validated(delta.zip(reason), errors)?;
     match state.app.adjust_sku(&sku, delta, &reason).await? {
@@ -272,11 +281,11 @@ pub(super) struct AdjustmentRequest {
     /// Added to `on_hand` (negative to remove units).
     #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000, example = -3)]
     delta: i64,
-    /// Why: 1..500 characters, not only white space.
+    /// Why: 1..500 characters, not only white space, no control characters.
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = r"\S",
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*\S[^\x00-\x1F\x7F-\x9F]*$",
         example = "damaged in warehouse"
     )]
     reason: String,

@@ -60,10 +60,15 @@ impl LedgerError {
     /// resources, as opposed to refusing a statement (a bug on our side).
     pub fn is_unavailable(&self) -> bool {
         match self {
+            // 08 connection, 53 resources, 57 operator intervention (a
+            // statement_timeout cancel included), 55P03 lock_timeout, 25P03
+            // idle_in_transaction_session_timeout, 40001/40P01 a transaction
+            // to retry (serialization failure, deadlock).
             Self::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
                 ["08", "53", "57"]
                     .iter()
                     .any(|class| code.starts_with(class))
+                    || ["55P03", "25P03", "40001", "40P01"].contains(&code.as_ref())
             }),
             Self::Database(
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
@@ -86,8 +91,41 @@ impl From<sqlx::Error> for LedgerError {
     }
 }
 
+/// A migration may rewrite or index big tables: its statements get this
+/// long, and it waits this long for the migration lock another process
+/// holds while it migrates.
+const MIGRATION_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The bounds every Postgres session of dropgate sets at connection time, so
+/// that no session waits or holds forever:
+///
+/// * `lock_timeout`: a statement waiting for a row lock (a confirm behind
+///   a stalled worker's batch) gives up and the caller answers 503;
+/// * `idle_in_transaction_session_timeout`: a session idle inside a
+///   transaction (its process stopped, or cut off by the network) is ended
+///   by the server, which releases its locks;
+/// * `statement_timeout`: no statement runs unbounded.
+fn session_options(
+    lock: Duration,
+    idle_in_transaction: Duration,
+    statement: Duration,
+) -> [(&'static str, String); 3] {
+    let ms = |d: Duration| format!("{}", d.as_millis().max(1));
+    [
+        ("lock_timeout", ms(lock)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(idle_in_transaction),
+        ),
+        ("statement_timeout", ms(statement)),
+    ]
+}
+
 /// Creates the database if it does not exist, then applies migrations.
-pub async fn migrate(database_url: &str) -> Result<(), LedgerError> {
+/// `timeout` is the store timeout: the migration session's idle-in-
+/// transaction bound.
+pub async fn migrate(database_url: &str, timeout: Duration) -> Result<(), LedgerError> {
     if !Postgres::database_exists(database_url).await? {
         if let Err(error) = Postgres::create_database(database_url).await {
             // Another process may have created it a moment ago.
@@ -96,9 +134,16 @@ pub async fn migrate(database_url: &str) -> Result<(), LedgerError> {
             }
         }
     }
+    let options = PgConnectOptions::from_str(database_url)?
+        .application_name("dropgate migrate")
+        .options(session_options(
+            MIGRATION_LOCK_TIMEOUT,
+            timeout,
+            MIGRATION_STATEMENT_TIMEOUT,
+        ));
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect(database_url)
+        .connect_with(options)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     pool.close().await;
@@ -205,10 +250,13 @@ pub struct Ledger {
 
 impl Ledger {
     /// Connects lazily, so the gate keeps admitting while Postgres is away.
+    /// `timeout` is the store timeout: how long a session may wait for a
+    /// lock or sit idle inside a transaction. Statements get four times as
+    /// long (a worker batch of thousands of events, a gate rebuild, an audit).
     pub fn connect(database_url: &str, timeout: Duration) -> Result<Self, LedgerError> {
         let options = PgConnectOptions::from_str(database_url)?
             .application_name("dropgate")
-            .options([("statement_timeout", format!("{}", timeout.as_millis() * 4))]);
+            .options(session_options(timeout, timeout, timeout * 4));
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(timeout)

@@ -47,6 +47,11 @@ pub fn test_config() -> ServeConfig {
         admin_token: Some(ADMIN.to_owned()),
         storefront_tokens: vec![STOREFRONT.to_owned(), "second-storefront-token".to_owned()],
         customer_rps: 0,
+        // Tests fire thousands of concurrent requests to check atomicity,
+        // not load shedding (tests/edge.rs sets its own limit).
+        max_in_flight: 10_000,
+        // Tests read the dashboard right after changing what it shows.
+        dashboard_interval_ms: 0,
         ..ServeConfig::default()
     }
 }
