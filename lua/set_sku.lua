@@ -18,23 +18,50 @@
 -- ARGV[9]  sku number from the ledger (used when the SKU is created)
 -- ARGV[10] reason, recorded with the movement
 -- ARGV[11] consumer group of the commit worker
+-- KEYS[4]  (optional) admin idempotency record <prefix>:{sku}:a:<key>
+-- ARGV[12] (with KEYS[4]) request fingerprint: same change, same fingerprint
+-- ARGV[13] (with KEYS[4]) record TTL, ms
+--
+-- With an idempotency key, a change that happened is remembered with its
+-- answer, so a retry (after a timeout, a 5xx) replays it instead of moving
+-- stock again. Refusals (conflict, no_sku) store nothing.
 --
 -- Reply, by name; `outcome` is one of:
 --   "created", "updated"   with on_hand, held, sold, limit, ttl_ms, max_ext
 --   "conflict"             with requested (on_hand), held, sold
 --   "no_sku"               adjust of a SKU that does not exist
 --   "closed"               the SKU is closed for a rebuild; nothing written
+--   "replay"               the key's first answer: first (created/updated)
+--                          and its figures, as above
+--   "reused"               the key was used for another change
 
 local stock_key, events_key, closed_key = KEYS[1], KEYS[2], KEYS[3]
 local mode, amount = ARGV[1], tonumber(ARGV[2])
 local event_id, now_ms, reason = ARGV[6], ARGV[7], ARGV[10]
 
+local idem_key, fingerprint = KEYS[4], ARGV[12]
+
 local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'max_ext', 'epoch')
+if not s[1] and redis.call('EXISTS', closed_key) == 1 then
+  return {'outcome', 'closed'}
+end
+if idem_key then
+  local record = redis.call('GET', idem_key)
+  if record then
+    local f = {}
+    for part in string.gmatch(record, '[^|]+') do
+      f[#f + 1] = part
+    end
+    if f[1] ~= fingerprint then
+      return {'outcome', 'reused'}
+    end
+    return {'outcome', 'replay', 'first', f[2], 'on_hand', tonumber(f[3]), 'held', tonumber(f[4]),
+      'sold', tonumber(f[5]), 'limit', tonumber(f[6]), 'ttl_ms', tonumber(f[7]),
+      'max_ext', tonumber(f[8])}
+  end
+end
 local outcome = 'updated'
 if not s[1] then
-  if redis.call('EXISTS', closed_key) == 1 then
-    return {'outcome', 'closed'}
-  end
   if mode ~= 'put' then
     return {'outcome', 'no_sku'}
   end
@@ -64,5 +91,9 @@ end
 redis.call('HSET', stock_key, 'on_hand', new_on_hand, 'limit', limit, 'ttl_ms', ttl_ms, 'max_ext', max_ext)
 redis.call('XADD', events_key, epoch .. '-*', 't', 'adjust', 'i', event_id, 'm', now_ms,
   'd', new_on_hand - on_hand, 'l', limit, 'ttl', ttl_ms, 'x', max_ext, 'r', reason)
+if idem_key then
+  redis.call('SET', idem_key, table.concat({fingerprint, outcome, new_on_hand, held, sold,
+    limit, ttl_ms, max_ext}, '|'), 'PX', ARGV[13])
+end
 return {'outcome', outcome, 'on_hand', new_on_hand, 'held', held, 'sold', sold,
   'limit', tonumber(limit), 'ttl_ms', tonumber(ttl_ms), 'max_ext', tonumber(max_ext)}

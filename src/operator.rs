@@ -67,6 +67,10 @@ fn print_sku_outcome(outcome: SkuOutcome) -> anyhow::Result<()> {
             bail!("on_hand {requested} would be below held {held} + sold {sold}")
         }
         SkuOutcome::NotFound => bail!("no such SKU"),
+        // The command line sends no idempotency key.
+        SkuOutcome::Replayed { .. } | SkuOutcome::KeyReused => {
+            bail!("unexpected idempotency answer")
+        }
     }
 }
 

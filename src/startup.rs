@@ -116,7 +116,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = Vec::new();
         // Each service records into this application's metrics.
-        let metrics = &self.state.metrics;
+        let metrics = self.state.metrics.clone();
         if !self.config.no_worker {
             let worker = Worker::new(self.state.app.clone(), self.config.worker)?;
             background.push(tokio::spawn(metrics.scope(worker.run(stop_rx.clone()))));
@@ -173,9 +173,21 @@ impl Application {
                 max_connections: OPS_MAX_CONNECTIONS,
                 ..limits
             };
-            http::serve(listener, router, limits, closed(closing.clone()))
+            http::serve(
+                listener,
+                router,
+                limits,
+                metrics.clone(),
+                closed(closing.clone()),
+            )
         });
-        let public = http::serve(self.listener, router, limits, closed(closing.clone()));
+        let public = http::serve(
+            self.listener,
+            router,
+            limits,
+            metrics.clone(),
+            closed(closing.clone()),
+        );
         let serving = tokio::spawn(async move {
             tokio::join!(public, async {
                 if let Some(ops) = ops_server {

@@ -240,8 +240,7 @@ impl Worker {
             metrics::histogram!(metric::WORKER_BATCH_EVENTS)
                 .record(batch.values().map(Vec::len).sum::<usize>() as f64);
             if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
-                let lag_ms = (self.app.now_ms() - oldest).max(0);
-                metrics::gauge!(metric::COMMIT_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
+                self.app.record_commit_lag(oldest);
             }
             self.app.applied(&report).await?;
             total.merge(report);

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{assert_problem, spawn_app, spawn_app_with, test_config};
+use common::process::PgProxy;
+use common::{assert_problem, body, spawn_app, spawn_app_with, test_config, ADMIN};
 use dropgate::ledger::Resolution;
 use serde_json::json;
 use std::time::Duration;
@@ -192,17 +193,11 @@ async fn events_of_a_sku_the_ledger_does_not_know_stay_in_the_stream() {
     app.create_sku("drop", json!({"on_hand": 10})).await;
     assert_eq!(admit_n(&app, "drop", "k-", 2).await, 2);
     app.wait_for_ledger("drop").await;
-    // The worker acknowledged what it applied: nothing pending.
+    // The worker acknowledged (and trimmed) what it applied: nothing is
+    // left in the stream, so nothing is pending.
+    app.wait_until_trimmed("drop").await;
     let mut redis = app.redis().await;
-    let mut pending = -1;
-    for _ in 0..100 {
-        pending = pending_count(&app, &mut redis).await;
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(pending, 0);
+    assert_eq!(pending_count(&app, &mut redis).await, 0);
 
     // The ledger loses the SKU (a restore from before it was created).
     let pool = app.pg().await;
@@ -251,4 +246,112 @@ async fn pending_count(
         },
         other => panic!("XPENDING: {other:?}"),
     }
+}
+
+async fn adjust(
+    app: &common::TestApp,
+    key: Option<&str>,
+    delta: i64,
+    reason: &str,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.url("/v1/skus/drop/adjustments"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"delta": delta, "reason": reason}));
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_stock_changes_under_a_postgres_cut_move_stock_once_per_key() {
+    let mut proxy = PgProxy::start().await;
+    let mut config = test_config();
+    proxy.route(&mut config);
+    config.stores.store_timeout_ms = 1000;
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 10})).await;
+    assert_eq!(admit_n(&app, "drop", "k-", 3).await, 3);
+
+    proxy.cut().await;
+    // The gate decides: each change answers 2xx once it happened, with the
+    // ledger away; retries with the same key replay, they do not apply.
+    let mut answered = 0;
+    for (key, delta) in [("restock-1", 5), ("damaged-1", -2)] {
+        for attempt in 0..3 {
+            let response = adjust(&app, Some(key), delta, "warehouse count").await;
+            assert_eq!(response.status(), 201, "{key} attempt {attempt}");
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            assert_eq!(replayed, attempt > 0, "{key} attempt {attempt}");
+            let sku = body(response).await;
+            if attempt == 0 {
+                answered += delta;
+            }
+            assert_eq!(
+                sku["on_hand"],
+                10 + answered,
+                "{key}: the first answer, replayed"
+            );
+        }
+    }
+    // Another change under a used key is refused and changes nothing.
+    assert_problem(
+        adjust(&app, Some("restock-1"), 7, "warehouse count").await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    // A PUT needs the ledger first (the SKU's number): 503, nothing moved.
+    let put = app
+        .client
+        .put(app.url("/v1/skus/drop"))
+        .bearer_auth(ADMIN)
+        .header("Idempotency-Key", "put-1")
+        .json(&json!({"on_hand": 50}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(put, 503, "unavailable").await;
+    assert_eq!(app.sku("drop").await["on_hand"], 13);
+
+    proxy.restore().await;
+    for attempt in 0..2 {
+        let put = app
+            .client
+            .put(app.url("/v1/skus/drop"))
+            .bearer_auth(ADMIN)
+            .header("Idempotency-Key", "put-1")
+            .json(&json!({"on_hand": 50}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200, "attempt {attempt}");
+        assert_eq!(
+            put.headers().get("idempotent-replayed").is_some(),
+            attempt > 0
+        );
+    }
+    // Without a key, each request is its own change.
+    assert_eq!(adjust(&app, None, 1, "found one").await.status(), 201);
+    assert_eq!(app.sku("drop").await["on_hand"], 51);
+    app.wait_for_ledger("drop").await;
+    assert_eq!(app.ledger_counts("drop").await, (51, 3, 0));
+    let pool = app.pg().await;
+    let adjustments: Vec<i64> = sqlx::query_scalar(
+        "SELECT quantity_delta FROM movements WHERE sku = 'drop' AND kind = 'adjustment' ORDER BY occurred_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(
+        adjustments,
+        vec![10, 5, -2, 37, 1],
+        "one movement per change"
+    );
+    let report = dropgate::audit::audit(&app.app).await.unwrap();
+    assert!(report.ok(), "{}", report.table());
+    app.stop().await;
 }

@@ -45,11 +45,15 @@ impl Dropgate {
                 return Ok(());
             };
             let complete = events.len() < FLUSH_BATCH_EVENTS;
+            let oldest_ms = events.iter().map(|e| e.occurred_at_ms).min();
             let report = self
                 .ledger
                 .apply(&BTreeMap::from([(sku.clone(), events)]))
                 .await?;
             self.applied(&report).await?;
+            if let Some(oldest_ms) = oldest_ms {
+                self.record_commit_lag(oldest_ms);
+            }
             *known = Some(last);
             if up_to.is_none_or(|up_to| last >= up_to) && complete {
                 return Ok(());
@@ -81,6 +85,13 @@ impl Dropgate {
                 "the ledger refused an admission: hold is lost");
         }
         Ok(())
+    }
+
+    /// The commit lag: how old the oldest event of a batch just committed
+    /// was. Whoever commits (worker or inline) records it.
+    pub fn record_commit_lag(&self, oldest_ms: i64) {
+        let lag_ms = (self.now_ms() - oldest_ms).max(0);
+        metrics::gauge!(crate::telemetry::metric::COMMIT_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
     }
 
     /// `flush` for callers whose answer does not depend on it; true if done.

@@ -1,7 +1,9 @@
 //! Reading SKUs and changing their stock: `PUT` and adjustments.
 
 use super::{AdmissionMode, AppError, Dropgate};
-use crate::domain::{Sku, SkuId, SkuSettings};
+use crate::domain::{
+    stock_change_fingerprint, IdempotencyKey, Sku, SkuId, SkuSettings, StockRequest,
+};
 use crate::gate::{SetSku, SkuChange, StockChange};
 
 /// The result of a stock change.
@@ -15,6 +17,13 @@ pub enum SkuOutcome {
         sold: i64,
     },
     NotFound,
+    /// The idempotency key's first answer.
+    Replayed {
+        created: bool,
+        sku: Sku,
+    },
+    /// The idempotency key was used for another change.
+    KeyReused,
 }
 
 impl Dropgate {
@@ -68,24 +77,8 @@ impl Dropgate {
         sku: &SkuId,
         settings: SkuSettings,
     ) -> Result<SkuOutcome, AppError> {
-        let epoch = self.require_gate().await?;
-        let sku_no = self.ledger.ensure_sku(sku, &settings).await?;
-        self.gate.register_sku(sku_no, sku).await?;
-        let reason = format!("on_hand set to {} by PUT", settings.on_hand);
-        let change = SetSku::new(
-            sku.clone(),
-            StockChange::Put { settings, sku_no },
-            &reason,
-            epoch,
-            self.now_ms(),
-        );
-        let change = self
-            .gate
-            .set_sku(&change)
-            .await?
-            .open()
-            .ok_or(AppError::GateNotBuilt)?;
-        self.finish_stock_change(sku, change).await
+        self.change_stock(sku, StockRequest::Put(settings), None)
+            .await
     }
 
     /// Adds `delta` (possibly negative) to a SKU's on_hand.
@@ -95,17 +88,55 @@ impl Dropgate {
         delta: i64,
         reason: &str,
     ) -> Result<SkuOutcome, AppError> {
+        let request = StockRequest::Adjust {
+            delta,
+            reason: reason.to_owned(),
+        };
+        self.change_stock(sku, request, None).await
+    }
+
+    /// Changes a SKU's stock, remembered under the client's idempotency
+    /// `key` when there is one.
+    ///
+    /// The gate decides and the ledger records, as for holds: only the gate
+    /// knows this instant's `held + sold` (the ledger lags by the commit
+    /// window), so only it can refuse a change that would put on_hand below
+    /// them. The change and its event are one script; once it ran, the
+    /// change happened and the answer says so, whether or not the inline
+    /// write to the ledger succeeded (the worker commits it otherwise). A
+    /// retry with the same key replays the first answer instead of moving
+    /// stock again.
+    pub async fn change_stock(
+        &self,
+        sku: &SkuId,
+        request: StockRequest,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<SkuOutcome, AppError> {
         let epoch = self.require_gate().await?;
-        let change = SetSku::new(
-            sku.clone(),
-            StockChange::Adjust { delta },
-            reason,
-            epoch,
-            self.now_ms(),
-        );
+        let (change, reason) = match &request {
+            StockRequest::Put(settings) => {
+                let sku_no = self.ledger.ensure_sku(sku, settings).await?;
+                self.gate.register_sku(sku_no, sku).await?;
+                let change = StockChange::Put {
+                    settings: *settings,
+                    sku_no,
+                };
+                (
+                    change,
+                    format!("on_hand set to {} by PUT", settings.on_hand),
+                )
+            }
+            StockRequest::Adjust { delta, reason } => {
+                (StockChange::Adjust { delta: *delta }, reason.clone())
+            }
+        };
+        let mut set = SetSku::new(sku.clone(), change, &reason, epoch, self.now_ms());
+        if let Some(key) = key {
+            set = set.with_key(key.as_str(), stock_change_fingerprint(&request));
+        }
         let change = self
             .gate
-            .set_sku(&change)
+            .set_sku(&set)
             .await?
             .open()
             .ok_or(AppError::GateNotBuilt)?;
@@ -119,19 +150,32 @@ impl Dropgate {
     ) -> Result<SkuOutcome, AppError> {
         Ok(match change {
             SkuChange::Created(figures) => {
-                self.flush(sku, None).await?;
+                self.record_stock_change(sku).await;
                 SkuOutcome::Created(Sku {
                     sku: sku.clone(),
                     figures,
                 })
             }
             SkuChange::Updated(figures) => {
-                self.flush(sku, None).await?;
+                self.record_stock_change(sku).await;
                 SkuOutcome::Updated(Sku {
                     sku: sku.clone(),
                     figures,
                 })
             }
+            SkuChange::Replayed { created, figures } => {
+                // The first attempt may have answered 5xx before its ledger
+                // write: try again now.
+                self.record_stock_change(sku).await;
+                SkuOutcome::Replayed {
+                    created,
+                    sku: Sku {
+                        sku: sku.clone(),
+                        figures,
+                    },
+                }
+            }
+            SkuChange::KeyReused => SkuOutcome::KeyReused,
             SkuChange::Conflict {
                 requested,
                 held,
@@ -143,5 +187,13 @@ impl Dropgate {
             },
             SkuChange::UnknownSku => SkuOutcome::NotFound,
         })
+    }
+
+    /// Writes a stock change to the ledger now if it can; the worker does
+    /// otherwise. The change happened either way.
+    async fn record_stock_change(&self, sku: &SkuId) {
+        if let Err(error) = self.flush(sku, None).await {
+            tracing::warn!(%sku, %error, "stock change answered; its ledger write is left to the worker");
+        }
     }
 }

@@ -18,6 +18,27 @@ pub fn fingerprint(customer: &CustomerId, quantity: Quantity) -> String {
     digest[..16].to_owned()
 }
 
+/// The fingerprint of an admin stock change: `PUT` and adjustments with the
+/// same `Idempotency-Key` replay only when they change the same thing.
+pub fn stock_change_fingerprint(change: &StockRequest) -> String {
+    let text = match change {
+        StockRequest::Put(s) => format!(
+            "put\n{}\n{}\n{}\n{}",
+            s.on_hand, s.per_customer_limit, s.hold_ttl_ms, s.max_extensions
+        ),
+        StockRequest::Adjust { delta, reason } => format!("adjust\n{delta}\n{reason}"),
+    };
+    let digest = sha1_smol::Sha1::from(text).digest().to_string();
+    digest[..16].to_owned()
+}
+
+/// An admin stock change as the client asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StockRequest {
+    Put(super::SkuSettings),
+    Adjust { delta: i64, reason: String },
+}
+
 /// A stored outcome, without its fingerprint: `H|<hold id>|<expires_at_ms>`.
 /// Older records may hold a rejection (`S|…`, `L|…`); they still decode.
 pub fn decode_outcome(record: &str) -> Option<Admission> {
@@ -65,6 +86,20 @@ mod tests {
             })
         );
         assert_eq!(decode_outcome("H|not-a-uuid|1"), None);
+    }
+
+    #[test]
+    fn stock_change_fingerprints_follow_the_change() {
+        let adjust = |delta, reason: &str| StockRequest::Adjust {
+            delta,
+            reason: reason.to_owned(),
+        };
+        let fp = |r: &StockRequest| stock_change_fingerprint(r);
+        assert_eq!(fp(&adjust(-3, "damaged")), fp(&adjust(-3, "damaged")));
+        assert_ne!(fp(&adjust(-3, "damaged")), fp(&adjust(-2, "damaged")));
+        assert_ne!(fp(&adjust(-3, "damaged")), fp(&adjust(-3, "stolen")));
+        let settings = super::super::SkuSettings::parse(10, None, None, None).expect("settings");
+        assert_ne!(fp(&StockRequest::Put(settings)), fp(&adjust(10, "")));
     }
 
     #[test]

@@ -13,7 +13,10 @@ mod stock;
 
 pub use event::{Change, Event, Position};
 pub use hold::{Hold, HoldId, HoldState};
-pub use idempotency::{decode_outcome, encode_held, fingerprint, IDEMPOTENCY_TTL_MS};
+pub use idempotency::{
+    decode_outcome, encode_held, fingerprint, stock_change_fingerprint, StockRequest,
+    IDEMPOTENCY_TTL_MS,
+};
 pub use outcome::{Admission, HoldTransition};
 pub use sku::{Sku, SkuId, SkuSettings};
 pub use snapshot::{AdmittedKey, LiveHold, SkuSnapshot};

@@ -47,6 +47,12 @@ impl<'a> Keys<'a> {
         format!("{}i:{}", self.base(sku), key)
     }
 
+    /// The record of an admin stock change made with an `Idempotency-Key`;
+    /// its own namespace, so admin and storefront keys never meet.
+    pub(super) fn admin_idempotency(self, sku: &SkuId, key: &str) -> String {
+        format!("{}a:{}", self.base(sku), key)
+    }
+
     pub(super) fn events(self, sku: &SkuId) -> String {
         self.base(sku) + "events"
     }

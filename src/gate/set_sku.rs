@@ -4,7 +4,7 @@
 use super::reply::Fields;
 use super::script::{Fenced, Script};
 use super::{keys::Keys, GateError, CONSUMER_GROUP};
-use crate::domain::{SkuFigures, SkuId, SkuSettings, Stock};
+use crate::domain::{SkuFigures, SkuId, SkuSettings, Stock, IDEMPOTENCY_TTL_MS};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
 use uuid::Uuid;
@@ -32,6 +32,9 @@ pub struct SetSku {
     /// The gate epoch, kept by a SKU created now.
     pub epoch: i64,
     pub now_ms: i64,
+    /// The client's `Idempotency-Key` and the change's fingerprint: a
+    /// change made with a key is remembered, and a retry replays it.
+    pub idempotency: Option<(String, String)>,
 }
 
 impl SetSku {
@@ -43,7 +46,14 @@ impl SetSku {
             event_id: Uuid::new_v4(),
             epoch,
             now_ms,
+            idempotency: None,
         }
+    }
+
+    /// Remembers the change under the client's key, with `fingerprint`.
+    pub fn with_key(mut self, key: &str, fingerprint: String) -> Self {
+        self.idempotency = Some((key.to_owned(), fingerprint));
+        self
     }
 }
 
@@ -59,6 +69,13 @@ pub enum SkuChange {
         sold: i64,
     },
     UnknownSku,
+    /// The idempotency key's first answer (`created` tells which).
+    Replayed {
+        created: bool,
+        figures: SkuFigures,
+    },
+    /// The idempotency key was used for another change.
+    KeyReused,
 }
 
 impl Script for SetSku {
@@ -94,6 +111,12 @@ impl Script for SetSku {
             .arg(sku_no)
             .arg(&self.reason)
             .arg(CONSUMER_GROUP);
+        if let Some((key, fingerprint)) = &self.idempotency {
+            invocation
+                .key(k.admin_idempotency(&self.sku, key))
+                .arg(fingerprint)
+                .arg(IDEMPOTENCY_TTL_MS);
+        }
         invocation
     }
 
@@ -120,6 +143,11 @@ impl Script for SetSku {
                 sold: reply.int("sold")?,
             },
             "no_sku" => SkuChange::UnknownSku,
+            "replay" => SkuChange::Replayed {
+                created: reply.text("first")? == "created",
+                figures: figures()?,
+            },
+            "reused" => SkuChange::KeyReused,
             "closed" => return Ok(Fenced::Closed),
             _ => return Err(reply.unexpected()),
         }))

@@ -2,10 +2,10 @@
 //! auth, JSON bodies, path parameters.
 
 use super::{ApiError, AppState};
-use crate::domain::{FieldError, HoldId, SkuId};
+use crate::domain::{FieldError, HoldId, IdempotencyKey, SkuId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -220,6 +220,25 @@ pub fn validated<T>(value: Option<T>, errors: Vec<FieldError>) -> Result<T, ApiE
         Some(value) if errors.is_empty() => Ok(value),
         _ => Err(ApiError::Validation(errors)),
     }
+}
+
+/// The request's `Idempotency-Key`, if it sent one; a malformed one is a
+/// 422 naming the header.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| IdempotencyKey::parse(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::validation(FieldError::new(
+                "Idempotency-Key",
+                "must be 1..255 visible ASCII characters",
+            ))
+        })
 }
 
 #[cfg(test)]

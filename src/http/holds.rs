@@ -1,10 +1,10 @@
 //! Storefront endpoints for holds.
 
 use super::error::Problem;
-use super::extract::{validated, HoldPath, JsonObject, SkuPath, Storefront};
+use super::extract::{idempotency_key, validated, HoldPath, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
-use crate::domain::{self, Admission, CustomerId, IdempotencyKey, Quantity};
+use crate::domain::{self, Admission, CustomerId, Quantity};
 use crate::limits::retry_after_seconds;
 use crate::telemetry::metric;
 use axum::extract::State;
@@ -158,19 +158,7 @@ pub(super) async fn admit(
     body: Result<JsonObject, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let key = match headers.get("idempotency-key") {
-        None => return Err(ApiError::IdempotencyKeyMissing),
-        Some(value) => value
-            .to_str()
-            .map_err(|_| ())
-            .and_then(|v| IdempotencyKey::parse(v).map_err(|_| ()))
-            .map_err(|()| {
-                ApiError::validation(crate::domain::FieldError::new(
-                    "Idempotency-Key",
-                    "must be 1..255 visible ASCII characters",
-                ))
-            })?,
-    };
+    let key = idempotency_key(&headers)?.ok_or(ApiError::IdempotencyKeyMissing)?;
     let JsonObject(body) = body?;
     let mut errors = Vec::new();
     let customer = body

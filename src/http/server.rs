@@ -65,6 +65,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    metrics: crate::telemetry::Metrics,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -118,7 +119,8 @@ pub async fn serve(
         };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         let header_timeout = limits.header_timeout;
-        tokio::spawn(async move {
+        // What the connection records (a slow one cut) is the app's.
+        tokio::spawn(metrics.scope(async move {
             let _permit = permit;
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
@@ -131,7 +133,7 @@ pub async fn serve(
                 return; // dropped: the socket closes
             }
             log_closed(connection.await);
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;

@@ -1,12 +1,12 @@
 //! SKU endpoints: read (storefront), create, update and adjust (admin).
 
 use super::error::Problem;
-use super::extract::{validated, Admin, JsonObject, SkuPath, Storefront};
+use super::extract::{idempotency_key, validated, Admin, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::SkuOutcome;
-use crate::domain::{self, FieldError, SkuId, SkuSettings};
+use crate::domain::{self, FieldError, SkuId, SkuSettings, StockRequest};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -97,7 +97,10 @@ pub(super) async fn show(
     operation_id = "put_sku",
     tag = "skus",
     security(("admin" = [])),
-    params(SkuParam),
+    params(
+        SkuParam,
+        ("Idempotency-Key" = Option<String>, Header, description = "Optional: the client's name for this change; a retry with the same key and body replays the first answer instead of changing stock again (24 h)", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", example = "restock-2026-12-01"),
+    ),
     request_body(content = PutSkuRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Updated", body = Sku),
@@ -105,15 +108,17 @@ pub(super) async fn show(
         (status = 400, description = "`malformed`: the body is not a JSON object, or not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: `on_hand` would be below `held + sold`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: body over 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation`: `errors` names each bad field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `errors` names each bad field; `idempotency_key_reused`: the key was used for another change", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn put(
     State(state): State<AppState>,
     _: Admin,
     SkuPath(sku): SkuPath,
+    headers: HeaderMap,
     body: Result<JsonObject, ApiError>,
 ) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
     let JsonObject(body) = body?;
     let mut errors = Vec::new();
     let on_hand = body.required_int("on_hand", &mut errors);
@@ -127,7 +132,11 @@ pub(super) async fn put(
     let on_hand = validated(on_hand, errors)?;
     let settings =
         SkuSettings::parse(on_hand, limit, ttl, max_extensions).map_err(ApiError::Validation)?;
-    answer(state.app.put_sku(&sku, settings).await?)
+    let outcome = state
+        .app
+        .change_stock(&sku, StockRequest::Put(settings), key.as_ref())
+        .await?;
+    answer(outcome, Change::Put)
 }
 
 /// Adjust a SKU's `on_hand` by `delta`, recorded with its reason.
@@ -137,7 +146,10 @@ pub(super) async fn put(
     operation_id = "adjust_sku",
     tag = "skus",
     security(("admin" = [])),
-    params(SkuParam),
+    params(
+        SkuParam,
+        ("Idempotency-Key" = Option<String>, Header, description = "Optional: the client's name for this change; a retry with the same key and body replays the first answer instead of changing stock again (24 h)", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", example = "restock-2026-12-01"),
+    ),
     request_body(content = AdjustmentRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Adjusted: the SKU", body = Sku),
@@ -145,15 +157,17 @@ pub(super) async fn put(
         (status = 404, description = "`not_found`: no such SKU", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`conflict`: `on_hand` would be below `held + sold`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: body over 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation`: `errors` names each bad field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation`: `errors` names each bad field; `idempotency_key_reused`: the key was used for another change", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn adjust(
     State(state): State<AppState>,
     _: Admin,
     SkuPath(sku): SkuPath,
+    headers: HeaderMap,
     body: Result<JsonObject, ApiError>,
 ) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
     let JsonObject(body) = body?;
     let mut errors = Vec::new();
     let delta = body.required_int("delta", &mut errors);
@@ -176,16 +190,38 @@ pub(super) async fn adjust(
         }
     }
     let (delta, reason) = validated(delta.zip(reason), errors)?;
-    match state.app.adjust_sku(&sku, delta, &reason).await? {
-        SkuOutcome::Updated(sku) => Ok((StatusCode::CREATED, Json(Sku::from(sku))).into_response()),
-        other => answer(other),
-    }
+    let request = StockRequest::Adjust { delta, reason };
+    let outcome = state.app.change_stock(&sku, request, key.as_ref()).await?;
+    answer(outcome, Change::Adjust)
 }
 
-fn answer(outcome: SkuOutcome) -> Result<Response, ApiError> {
+/// Which endpoint answers: an adjustment is `201` (a movement was
+/// created), a `PUT` `201` when it created the SKU and `200` otherwise.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Put,
+    Adjust,
+}
+
+fn answer(outcome: SkuOutcome, change: Change) -> Result<Response, ApiError> {
+    let status = |created: bool| {
+        if created || change == Change::Adjust {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
+    };
     match outcome {
-        SkuOutcome::Created(sku) => Ok((StatusCode::CREATED, Json(Sku::from(sku))).into_response()),
-        SkuOutcome::Updated(sku) => Ok((StatusCode::OK, Json(Sku::from(sku))).into_response()),
+        SkuOutcome::Created(sku) => Ok((status(true), Json(Sku::from(sku))).into_response()),
+        SkuOutcome::Updated(sku) => Ok((status(false), Json(Sku::from(sku))).into_response()),
+        SkuOutcome::Replayed { created, sku } => {
+            let mut response = (status(created), Json(Sku::from(sku))).into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        SkuOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
         SkuOutcome::Conflict {
             requested,
             held: _,
