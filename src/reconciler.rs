@@ -7,7 +7,7 @@
 //! found and changed. It also rebuilds the gate when Redis lost its data.
 
 use crate::app::{AppError, Dropgate};
-use crate::domain::{HoldState, SkuId};
+use crate::domain::{HoldState, SkuId, Stock};
 use crate::gate::Fenced;
 use crate::telemetry::metric;
 use std::time::Duration;
@@ -157,11 +157,17 @@ impl Reconciler {
             tracing::warn!(%sku, "ledger behind the fence; not compared");
             return Ok(None);
         }
+        let gate = Stock {
+            on_hand: snapshot.on_hand,
+            held: snapshot.held,
+            sold: snapshot.sold,
+        };
+        let difference = gate.drift(ledger.figures.stock);
         let drift = Drift {
             sku: sku.clone(),
-            on_hand: snapshot.on_hand - ledger.figures.stock.on_hand,
-            held: snapshot.held - ledger.figures.stock.held,
-            sold: snapshot.sold - ledger.figures.stock.sold,
+            on_hand: difference.on_hand,
+            held: difference.held,
+            sold: difference.sold,
             repaired: false,
         };
         // Per-SKU gauges only for labelled SKUs: one shared "other" gauge

@@ -6,7 +6,7 @@
 
 use super::AppState;
 use crate::domain::SkuFigures as Figures;
-use crate::domain::SkuId;
+use crate::domain::{SkuId, Stock};
 use crate::gate::Gate;
 use crate::ledger::LedgerSku;
 use crate::telemetry::metric;
@@ -20,6 +20,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::time::{Duration, Instant};
+use utoipa::ToSchema;
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
@@ -86,29 +87,46 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The body of `GET /v1/dashboard`.
-#[derive(Debug, Serialize)]
+/// The dashboard's figures: stock per SKU from the gate and the ledger,
+/// admissions by outcome, commit lag, backlog, drift, store health. A store
+/// that does not answer degrades to `unreachable` and null figures.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Dashboard {
+    /// RFC 3339, UTC.
     pub generated_at: String,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String)]
     pub redis: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String)]
     pub postgres: &'static str,
+    /// `built` or `not built`.
+    #[schema(value_type = String)]
     pub gate: &'static str,
+    /// The first SKUs, in id order.
     pub skus: Vec<SkuFigures>,
     /// More SKUs exist than the `MAX_SKUS` listed.
     pub skus_truncated: bool,
     /// Sum of `backlog` over the listed SKUs; null when Redis is unreachable.
+    #[schema(minimum = 0)]
     pub backlog_total: Option<u64>,
     /// Largest absolute drift of any counter of any listed SKU; null unless
     /// both stores answered.
+    #[schema(minimum = 0)]
     pub max_abs_drift: Option<i64>,
+    /// Admissions by outcome since the process started.
     pub admissions_total: BTreeMap<String, u64>,
+    /// Seconds between an event and its commit to the ledger, once any.
     pub commit_lag_seconds: Option<f64>,
 }
 
-/// One SKU: the gate's figures, the ledger's, and their difference. A field
-/// is null when its store is unreachable or does not have the SKU.
-#[derive(Debug, Serialize)]
+/// One SKU on the dashboard: the gate's figures, the ledger's, and their
+/// difference. A field is null when its store is unreachable or does not
+/// have the SKU.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DashboardSku)]
 pub struct SkuFigures {
+    #[schema(value_type = String)]
     pub sku: SkuId,
     pub on_hand: Option<i64>,
     pub available: Option<i64>,
@@ -117,13 +135,15 @@ pub struct SkuFigures {
     pub ledger_on_hand: Option<i64>,
     pub ledger_held: Option<i64>,
     pub ledger_sold: Option<i64>,
-    /// Gate minus ledger, as currently visible (the worker may be behind).
+    /// Gate minus ledger, as visible now (the worker may be behind).
     pub drift: Option<Drift>,
-    /// Events in the SKU's stream (XLEN): not yet committed or not yet trimmed.
+    /// Events in the SKU's stream not yet committed or trimmed.
     pub backlog: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Gate minus ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = DashboardDrift)]
 pub struct Drift {
     pub on_hand: i64,
     pub held: i64,
@@ -241,8 +261,8 @@ pub async fn collect(state: &AppState) -> Dashboard {
                 });
             sku_figures(
                 sku,
-                gate.map(Counts::from),
-                ledger.get(sku).map(|l| Counts::from(*l)),
+                gate.map(|g| g.stock),
+                ledger.get(sku).map(|l| l.figures.stock),
                 backlog,
             )
         })
@@ -300,48 +320,24 @@ async fn read_gate(
 }
 
 /// Stock counters of one store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    on_hand: i64,
-    held: i64,
-    sold: i64,
-}
-
-impl From<Figures> for Counts {
-    fn from(g: Figures) -> Self {
-        Self {
-            on_hand: g.stock.on_hand,
-            held: g.stock.held,
-            sold: g.stock.sold,
-        }
-    }
-}
-
-impl From<&LedgerSku> for Counts {
-    fn from(l: &LedgerSku) -> Self {
-        Self {
-            on_hand: l.figures.stock.on_hand,
-            held: l.figures.stock.held,
-            sold: l.figures.stock.sold,
-        }
-    }
-}
-
 fn sku_figures(
     sku: &SkuId,
-    gate: Option<Counts>,
-    ledger: Option<Counts>,
+    gate: Option<Stock>,
+    ledger: Option<Stock>,
     backlog: Option<u64>,
 ) -> SkuFigures {
-    let drift = gate.zip(ledger).map(|(g, l)| Drift {
-        on_hand: g.on_hand - l.on_hand,
-        held: g.held - l.held,
-        sold: g.sold - l.sold,
+    let drift = gate.zip(ledger).map(|(g, l)| {
+        let d = g.drift(l);
+        Drift {
+            on_hand: d.on_hand,
+            held: d.held,
+            sold: d.sold,
+        }
     });
     SkuFigures {
         sku: sku.clone(),
         on_hand: gate.map(|g| g.on_hand),
-        available: gate.map(|g| g.on_hand - g.held - g.sold),
+        available: gate.map(Stock::available),
         held: gate.map(|g| g.held),
         sold: gate.map(|g| g.sold),
         ledger_on_hand: ledger.map(|l| l.on_hand),
@@ -365,12 +361,12 @@ mod tests {
     #[test]
     fn drift_is_gate_minus_ledger() {
         let sku = SkuId::parse("drop-1").unwrap();
-        let gate = Counts {
+        let gate = Stock {
             on_hand: 20,
             held: 3,
             sold: 2,
         };
-        let ledger = Counts {
+        let ledger = Stock {
             on_hand: 20,
             held: 1,
             sold: 2,

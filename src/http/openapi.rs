@@ -15,10 +15,9 @@ use super::{holds, ops, skus, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
@@ -310,66 +309,10 @@ fn dashboard_style() {}
     path = "/v1/dashboard",
     operation_id = "dashboard_figures",
     tag = "operations",
-    responses((status = 200, description = "The figures", body = Dashboard))
+    responses((status = 200, description = "The figures", body = super::dashboard::Dashboard))
 )]
 #[allow(dead_code)]
 fn dashboard_figures() {}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct Dashboard {
-    /// RFC 3339, UTC.
-    generated_at: String,
-    /// `ok` or `unreachable`.
-    redis: String,
-    /// `ok` or `unreachable`.
-    postgres: String,
-    /// `built` or `not built`.
-    gate: String,
-    /// The first 50 SKUs, in id order.
-    skus: Vec<DashboardSku>,
-    /// More SKUs exist than those listed.
-    skus_truncated: bool,
-    /// Sum of `backlog` over the listed SKUs; null when Redis is unreachable.
-    #[schema(minimum = 0)]
-    backlog_total: Option<u64>,
-    /// Largest absolute drift of any counter of any listed SKU; null unless
-    /// both stores answered.
-    #[schema(minimum = 0)]
-    max_abs_drift: Option<i64>,
-    /// Admissions by outcome since the process started.
-    admissions_total: BTreeMap<String, u64>,
-    /// Seconds between an event and its commit to the ledger, once any.
-    commit_lag_seconds: Option<f64>,
-}
-
-/// One SKU on the dashboard; a figure is null when its store is
-/// unreachable or does not have the SKU.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct DashboardSku {
-    sku: String,
-    on_hand: Option<i64>,
-    available: Option<i64>,
-    held: Option<i64>,
-    sold: Option<i64>,
-    ledger_on_hand: Option<i64>,
-    ledger_held: Option<i64>,
-    ledger_sold: Option<i64>,
-    /// Gate minus ledger, as visible now (the worker may be behind).
-    drift: Option<DashboardDrift>,
-    /// Events in the SKU's stream not yet committed or trimmed.
-    backlog: Option<u64>,
-}
-
-/// Gate minus ledger.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct DashboardDrift {
-    on_hand: i64,
-    held: i64,
-    sold: i64,
-}
 
 #[cfg(test)]
 mod tests {
