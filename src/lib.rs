@@ -3,17 +3,30 @@
 //! A flash-sale gatekeeper. Storefronts ask to hold units of a SKU; dropgate
 //! answers in about a millisecond and never sells a unit twice.
 //!
-//! * [`gate`]: Redis, the admission authority. One Lua script per operation
-//!   decides atomically and appends an event to the SKU's stream.
+//! * [`domain`]: SKU ids, customers, quantities, holds, events, outcomes,
+//!   stock figures; pure values and rules, parsed once at the edge. No I/O,
+//!   no clock, no randomness: those are passed in.
+//! * [`gate`]: Redis, the admission authority. One module and one Lua script
+//!   per operation, each with a typed request and reply; the script decides
+//!   atomically and appends the event to the SKU's stream.
 //! * [`ledger`]: Postgres, the durable record. Constraints make oversell
-//!   impossible; movements are append-only.
+//!   impossible; movements are append-only; dead letters hold the events it
+//!   refuses. The gate and the ledger never import each other.
+//! * [`app`]: the service layer: admission, holds, stock changes, inline
+//!   ledger writes, across gate and ledger. Everything below calls it.
+//! * [`http`]: the API of shared/API.md, its request and response types,
+//!   problem+json errors, the edge server, the dashboard.
 //! * [`worker`]: streams events from the gate into the ledger in batches.
 //! * [`reaper`]: expires abandoned holds and returns their units.
-//! * [`rebuild`]: builds the gate from the ledger when Redis is empty.
-//! * [`app`]: the operations, across gate and ledger.
-//! * [`http`]: the API of shared/API.md, problem+json errors.
-//! * [`domain`]: SKU ids, customers, holds, events; parsed once at the edge.
-//! * [`config`], [`telemetry`], [`startup`], [`limits`], [`dev`]: plumbing.
+//! * [`reconciler`]: compares gate and ledger at a fence, repairs the gate.
+//! * [`rebuild`]: builds the gate from the ledger (empty Redis, or a gate
+//!   built from another ledger).
+//! * [`periodic`]: the loop the reaper and reconciler run in.
+//! * [`audit`]: `dropgate audit`, every invariant across both stores.
+//! * [`operator`]: `dropgate skus|holds|dead-letters`.
+//! * [`clock`]: the injectable clock.
+//! * [`config`], [`telemetry`], [`startup`], [`limits`], [`dev`]: plumbing
+//!   (`dev` also starts the local processes tests use).
 
 pub mod app;
 pub mod audit;
