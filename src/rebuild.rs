@@ -131,3 +131,28 @@ async fn record_foreign_gate(
     }
     Ok(())
 }
+
+/// Writes one SKU the ledger has and the built gate does not (a `PUT` whose
+/// gate step never ran after the ledger made its row, a key evicted), from
+/// the ledger, with an epoch of its own. False when the gate has it after
+/// all (created or restored meanwhile).
+pub async fn restore_sku(app: &Dropgate, sku: &SkuId) -> Result<bool, AppError> {
+    app.ledger
+        .with_rebuild_lock(async {
+            if app.gate.sku(sku).await?.is_some() {
+                return Ok(false);
+            }
+            // Closed first, as in a full rebuild: a change that lands now
+            // answers 503 rather than being overwritten.
+            app.gate.close_sku(sku).await?;
+            app.flush(sku, None).await?;
+            let reason = format!("SKU {sku} restored: the gate did not have it");
+            let epoch = app.ledger.start_epoch(&reason, 0).await?;
+            let snapshot = app.ledger.snapshot_for_epoch(sku, epoch).await?;
+            app.gate.rebuild_sku(&snapshot, app.now_ms()).await?;
+            tracing::warn!(%sku, epoch, "{reason}");
+            metrics::counter!(crate::telemetry::metric::GATE_SKUS_RESTORED_TOTAL).increment(1);
+            Ok(true)
+        })
+        .await
+}

@@ -143,6 +143,9 @@ impl Reconciler {
     async fn check(&self, sku: &SkuId) -> Result<Option<Drift>, AppError> {
         self.settle_orphans(sku).await?;
         let Some(snapshot) = self.app.gate.snapshot(sku).await? else {
+            // The ledger has the SKU, the built gate does not: nothing would
+            // ever admit or change it again. Write it from the ledger.
+            crate::rebuild::restore_sku(&self.app, sku).await?;
             return Ok(None);
         };
         if snapshot.last.is_some() {

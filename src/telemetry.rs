@@ -105,6 +105,8 @@ pub mod metric {
         "dropgate_http_slow_connections_closed_total";
     /// Counter: computations of the dashboard's figures (shared by viewers).
     pub const DASHBOARD_COMPUTATIONS_TOTAL: &str = "dropgate_dashboard_computations_total";
+    /// Counter: SKUs the ledger has that the built gate lacked, restored.
+    pub const GATE_SKUS_RESTORED_TOTAL: &str = "dropgate_gate_skus_restored_total";
     /// Counter: SKUs dropped from a gate built from another ledger.
     pub const GATE_FOREIGN_SKUS_DROPPED_TOTAL: &str = "dropgate_gate_foreign_skus_dropped_total";
 }

@@ -355,3 +355,41 @@ async fn retried_stock_changes_under_a_postgres_cut_move_stock_once_per_key() {
     assert!(report.ok(), "{}", report.table());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sku_the_ledger_has_and_the_gate_lacks_is_restored_by_the_reconciler() {
+    let mut config = test_config();
+    config.no_reconciler = true;
+    let app = spawn_app_with(config).await;
+    // As when a PUT made the ledger's row and Postgres went away before
+    // the gate step: the SKU is in the ledger only.
+    let sku = dropgate::domain::SkuId::parse("ghost").unwrap();
+    let settings = dropgate::domain::SkuSettings::parse(0, Some(2), None, None).unwrap();
+    app.app.ledger.ensure_sku(&sku, &settings).await.unwrap();
+    assert_problem(app.get("/v1/skus/ghost").await, 404, "not_found").await;
+
+    let report = dropgate::reconciler::Reconciler::new(app.app.clone())
+        .run_once()
+        .await
+        .unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    let restored = app.sku("ghost").await;
+    assert_eq!(
+        (
+            restored["on_hand"].as_i64(),
+            restored["per_customer_limit"].as_i64()
+        ),
+        (Some(0), Some(2))
+    );
+    // It is an ordinary SKU again: PUT updates it, admissions work.
+    let put = app
+        .put_sku("ghost", json!({"on_hand": 4, "per_customer_limit": 2}))
+        .await;
+    assert_eq!(put.status(), 200);
+    assert_eq!(admit_n(&app, "ghost", "g-", 6).await, 4);
+    app.wait_for_ledger("ghost").await;
+    assert_eq!(app.ledger_counts("ghost").await, (4, 4, 0));
+    let report = dropgate::audit::audit(&app.app).await.unwrap();
+    assert!(report.ok(), "{}", report.table());
+    app.stop().await;
+}
