@@ -626,9 +626,7 @@ fn check_adjustments(ctx: &Context, report: &mut Report) {
             .fin
             .movements
             .iter()
-            .filter(|m| {
-                m.kind == "adjustment" && m.reason.as_deref().is_some_and(|r| r.contains(key))
-            })
+            .filter(|m| m.kind == "adjustment" && names_request(m, key))
             .collect();
         let applied: Vec<&&Movement> = movements.iter().filter(|m| m.quantity_delta != 0).collect();
         let answered = attempts.iter().any(|op| op.is_ok());
@@ -674,6 +672,16 @@ fn check_adjustments(ctx: &Context, report: &mut Report) {
             );
         }
     }
+}
+
+/// The workload writes `nemesis <key>` as an adjustment's reason; a
+/// movement the ledger refused carries it after a colon.
+fn names_request(movement: &Movement, key: &str) -> bool {
+    let request = format!("nemesis {key}");
+    movement
+        .reason
+        .as_deref()
+        .is_some_and(|r| r == request || r.ends_with(&format!(": {request}")))
 }
 
 /// Check 8: `expires_at` comes from the one clock, and nothing expires
@@ -789,11 +797,7 @@ fn on_hand_timeline(ctx: &Context, spec: &SkuSpec) -> Vec<(u64, u64, i64)> {
             .fin
             .movements
             .iter()
-            .filter(|m| {
-                m.kind == "adjustment"
-                    && m.quantity_delta != 0
-                    && m.reason.as_deref().is_some_and(|r| r.contains(key))
-            })
+            .filter(|m| m.kind == "adjustment" && m.quantity_delta != 0 && names_request(m, key))
             .count();
         let delta = attempts[0].amount.unwrap_or(0);
         let effect = match applied {
@@ -859,7 +863,10 @@ fn check_rejections(ctx: &Context, report: &mut Report) {
         .fin
         .movements
         .iter()
-        .filter(|m| matches!(m.kind.as_str(), "release" | "expire"))
+        // Only the gate's own events bound when the gate returned the units:
+        // a movement with a reason was settled in the ledger alone
+        // (Postgres-direct expiry, an orphan settled by the reconciler).
+        .filter(|m| matches!(m.kind.as_str(), "release" | "expire") && m.reason.is_none())
         .filter_map(|m| {
             Some((
                 m.hold_id.as_deref()?,
