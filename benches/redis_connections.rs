@@ -1,9 +1,10 @@
 //! Hot-path Redis connection setup: which one admits faster?
 //!
 //! Runs the real admission script (`lua/admit.lua`, EVALSHA with NOSCRIPT
-//! fallback) with unique, realistic keys per call (fresh hold id, event id,
-//! idempotency key and customer `c-<n>`) against one SKU with effectively
-//! unlimited stock, at a fixed concurrency for a fixed time, through:
+//! fallback) as the service builds it (`dropgate::gate::Admit`), with unique,
+//! realistic keys per call (fresh hold id, event id, idempotency key and
+//! customer `c-<n>`) against one SKU with effectively unlimited stock, at a
+//! fixed concurrency for a fixed time, through:
 //!
 //! - `manager`: one shared `redis::aio::ConnectionManager` (cloned per task;
 //!   one socket, concurrent calls pipelined onto it),
@@ -37,10 +38,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use dropgate::domain::{
+    Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId, SkuSettings,
+};
+use dropgate::gate::{Admit, Fenced, Script, SetSku, SkuChange, StockChange};
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    AsyncConnectionConfig, Client, Script,
+    AsyncConnectionConfig, Client, ScriptInvocation, Value,
 };
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -55,11 +60,9 @@ const POOL_SIZE: usize = 32;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Unmeasured run per setup first: loads the script, fills the pool.
 const WARMUP: Duration = Duration::from_millis(500);
-/// Same values the service passes (src/gate): a day, and the stream cap.
-const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-const MAX_EVENT_BACKLOG: i64 = 2_000_000;
-const ON_HAND: i64 = 1_000_000_000;
-const CONSUMER_GROUP: &str = "ledger";
+const ON_HAND: i64 = SkuSettings::MAX_ON_HAND;
+/// The SKU's number in the (absent) ledger, carried in its hold ids.
+const SKU_NO: u32 = 1;
 const SCAN_BATCH: usize = 1000;
 
 struct Settings {
@@ -107,7 +110,7 @@ impl Conn {
         }
     }
 
-    async fn invoke(&mut self, call: &redis::ScriptInvocation<'_>) -> Result<Vec<String>> {
+    async fn invoke(&mut self, call: &ScriptInvocation<'_>) -> Result<Value> {
         Ok(match self {
             Conn::Manager(c) => call.invoke_async(c).await?,
             Conn::Multiplexed(c) => call.invoke_async(c).await?,
@@ -148,48 +151,50 @@ async fn connect_multiplexed(client: &Client) -> Result<Conn> {
     Ok(Conn::Multiplexed(conn))
 }
 
-/// Key layout of one SKU, as in src/gate/keys.rs: `<prefix>:{<sku>}:...`.
+/// One SKU of a round, under the run's key prefix.
 struct Sku {
-    base: String,
+    id: SkuId,
+    prefix: String,
 }
 
 impl Sku {
-    fn new(prefix: &str, name: &str) -> Self {
-        Self {
-            base: format!("{prefix}:{{{name}}}:"),
-        }
+    fn new(prefix: &str, name: &str) -> Result<Self> {
+        Ok(Self {
+            id: SkuId::parse(name).map_err(|e| anyhow!("{e}"))?,
+            prefix: prefix.to_owned(),
+        })
     }
 
-    fn key(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.base)
-    }
-
+    /// Every key of the SKU, for the cleanup: the gate keeps all of them
+    /// under `<prefix>:{<sku>}:`, one hash tag.
     fn pattern(&self) -> String {
-        self.key("*")
+        format!("{}:{{{}}}:*", self.prefix, self.id)
     }
 }
 
+/// Creates the SKU with the script the service uses for `PUT`.
 async fn create_sku(admin: &mut MultiplexedConnection, sku: &Sku) -> Result<()> {
-    let _: () = redis::cmd("HSET")
-        .arg(sku.key("stock"))
-        .arg(&[("on_hand", ON_HAND), ("held", 0), ("sold", 0), ("limit", 0)])
-        .arg(&[
-            ("ttl_ms", 600_000),
-            ("max_ext", 1),
-            ("epoch", 1),
-            ("sku_no", 1),
-        ])
-        .query_async(admin)
-        .await?;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(sku.key("events"))
-        .arg(CONSUMER_GROUP)
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(admin)
-        .await?;
-    Ok(())
+    let settings = SkuSettings {
+        on_hand: ON_HAND,
+        per_customer_limit: 0,
+        hold_ttl_ms: SkuSettings::DEFAULT_HOLD_TTL_MS,
+        max_extensions: SkuSettings::DEFAULT_MAX_EXTENSIONS,
+    };
+    let put = SetSku::new(
+        sku.id.clone(),
+        StockChange::Put {
+            settings,
+            sku_no: SKU_NO,
+        },
+        "bench",
+        1,
+        unix_ms(),
+    );
+    let reply: Value = put.invocation(&sku.prefix).invoke_async(admin).await?;
+    match put.decode(reply)? {
+        Fenced::Open(SkuChange::Created(_)) => Ok(()),
+        other => bail!("creating {}: {other:?}", sku.id),
+    }
 }
 
 /// SCAN + DEL (not UNLINK: freeing must finish before the next round starts).
@@ -222,31 +227,23 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// One admission with fresh ids, exactly the KEYS/ARGV the service sends.
+/// One admission with fresh ids, built by the service's own request type.
 /// Returns whether the script answered `held`.
-async fn admit_once(conn: &mut Conn, script: &Script, sku: &Sku, n: u64) -> Result<bool> {
-    let hold_id = Uuid::new_v4().to_string();
-    let idempotency_key = Uuid::new_v4().simple().to_string();
-    let customer = format!("c-{n}");
-    let fingerprint = &Uuid::new_v4().simple().to_string()[..16];
-    let mut call = script.prepare_invoke();
-    call.key(sku.key("stock"))
-        .key(sku.key(&format!("i:{idempotency_key}")))
-        .key(sku.key(&format!("c:{customer}")))
-        .key(sku.key(&format!("h:{hold_id}")))
-        .key(sku.key("expiry"))
-        .key(sku.key("events"))
-        .arg(&hold_id)
-        .arg(Uuid::new_v4().to_string())
-        .arg(&customer)
-        .arg(1)
-        .arg(unix_ms())
-        .arg(fingerprint)
-        .arg(IDEMPOTENCY_TTL_MS)
-        .arg(&idempotency_key)
-        .arg(MAX_EVENT_BACKLOG);
-    let reply = conn.invoke(&call).await?;
-    Ok(reply.first().map(String::as_str) == Some("held"))
+async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
+    let now = unix_ms();
+    let request = Admit::new(
+        sku.id.clone(),
+        HoldId::new(SKU_NO, now, *Uuid::new_v4().as_bytes()),
+        CustomerId::parse(&format!("c-{n}")).map_err(|e| anyhow!("{e}"))?,
+        Quantity::parse(1).map_err(|e| anyhow!("{e}"))?,
+        IdempotencyKey::parse(&Uuid::new_v4().simple().to_string()).map_err(|e| anyhow!("{e}"))?,
+        now,
+    );
+    let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;
+    Ok(matches!(
+        request.decode(reply)?,
+        Fenced::Open(Admission::Held { .. })
+    ))
 }
 
 #[derive(Default)]
@@ -273,7 +270,6 @@ impl Tally {
 /// One task: admit back to back until the deadline, timing every call.
 async fn worker(
     mut conn: Conn,
-    script: Arc<Script>,
     sku: Arc<Sku>,
     counter: Arc<AtomicU64>,
     deadline: Instant,
@@ -282,7 +278,7 @@ async fn worker(
     while Instant::now() < deadline {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = admit_once(&mut conn, &script, &sku, n).await;
+        let outcome = admit_once(&mut conn, &sku, n).await;
         let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         tally.latencies_ns.push(elapsed);
         match outcome {
@@ -303,7 +299,6 @@ struct RoundResult {
 /// deletes that SKU's keys (holds, idempotency records, stream, ...).
 async fn run_round(
     conn: &Conn,
-    script: &Arc<Script>,
     admin: &mut MultiplexedConnection,
     sku: Sku,
     concurrency: usize,
@@ -318,7 +313,6 @@ async fn run_round(
     for _ in 0..concurrency {
         let task = worker(
             conn.clone(),
-            Arc::clone(script),
             Arc::clone(&sku),
             Arc::clone(&counter),
             deadline,
@@ -355,7 +349,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
@@ -482,17 +476,16 @@ async fn measure(
     prefix: &str,
     settings: &Settings,
 ) -> Result<Vec<Summary>> {
-    let script = Arc::new(Script::new(include_str!("../lua/admit.lua")));
     for conn in setups {
-        let sku = Sku::new(prefix, &format!("warm-{}", conn.name()));
-        run_round(conn, &script, admin, sku, settings.concurrency, WARMUP).await?;
+        let sku = Sku::new(prefix, &format!("warm-{}", conn.name()))?;
+        run_round(conn, admin, sku, settings.concurrency, WARMUP).await?;
     }
     let mut results: Vec<Vec<RoundResult>> = setups.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {
         for (conn, rounds) in setups.iter().zip(&mut results) {
-            let sku = Sku::new(prefix, &format!("hot-{}-{round}", conn.name()));
+            let sku = Sku::new(prefix, &format!("hot-{}-{round}", conn.name()))?;
             let (concurrency, duration) = (settings.concurrency, settings.duration);
-            let result = run_round(conn, &script, admin, sku, concurrency, duration).await?;
+            let result = run_round(conn, admin, sku, concurrency, duration).await?;
             eprintln!(
                 "round {round} {:<12} {:>9.0} calls/s",
                 conn.name(),

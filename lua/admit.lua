@@ -1,7 +1,7 @@
 -- admit.lua: admit one pre-reservation (a hold) for a SKU in one atomic step:
--- idempotency replay or key-reuse check, SKU exists, per-customer limit,
--- stock check and decrement, hold + expiry entry, idempotent outcome stored,
--- event appended. Everything is validated before anything is written.
+-- SKU exists and is open, idempotency replay or key-reuse check, per-customer
+-- limit, stock check and decrement, hold + expiry entry, idempotent outcome
+-- stored, event appended. Everything is validated before anything is written.
 --
 -- KEYS[1]  stock hash       <prefix>:{sku}:stock
 -- KEYS[2]  idempotency rec  <prefix>:{sku}:i:<idempotency key>
@@ -9,8 +9,9 @@
 -- KEYS[4]  hold hash        <prefix>:{sku}:h:<hold id>
 -- KEYS[5]  expiry index     <prefix>:{sku}:expiry
 -- KEYS[6]  event stream     <prefix>:{sku}:events
+-- KEYS[7]  closed marker    <prefix>:{sku}:closed (present while a rebuild has the SKU closed)
 --
--- ARGV[1]  hold id (fresh UUID; unused when the key replays)
+-- ARGV[1]  hold id (fresh; unused when the key replays)
 -- ARGV[2]  event id (fresh UUID)
 -- ARGV[3]  customer id
 -- ARGV[4]  quantity, 1..1000
@@ -20,43 +21,48 @@
 -- ARGV[8]  idempotency key (carried in the event so the ledger can rebuild it)
 -- ARGV[9]  event backlog limit: refuse to admit while the stream holds at least this many entries
 --
--- Reply (first element names the outcome):
---   {"held", hold_id, expires_at_ms}
---   {"replay", record}        the stored outcome, without its fingerprint
---   {"reused"}                the key was used before with another body
---   {"sold_out", retry_after_ms}   0 when nothing is held (no Retry-After)
---   {"limit", per_customer_limit, units_already_taken}
---   {"no_sku"}
---   {"backlog", stream_length}
+-- Reply, by name; `outcome` is one of:
+--   "held"       with hold_id, expires_at_ms
+--   "replay"     with record: the stored outcome, without its fingerprint
+--   "reused"     the key was used before with another body
+--   "sold_out"   with retry_after_ms (0 when nothing is held: no Retry-After)
+--   "limit"      with limit (per customer), already (units the customer has)
+--   "no_sku"     the SKU does not exist
+--   "closed"     the SKU is closed for a rebuild; nothing read or written
+--   "backlog"    with backlog (stream length)
 --
 -- Stored outcome records: "<fp>|H|<hold id>|<expires_at_ms>",
 -- "<fp>|S|<retry_after_ms>" or "<fp>|L|<limit>|<already>".
 
-local stock_key, idem_key, cust_key, hold_key, expiry_key, events_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local stock_key, idem_key, cust_key, hold_key, expiry_key, events_key, closed_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local hold_id, event_id, customer = ARGV[1], ARGV[2], ARGV[3]
 local qty, now_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local fingerprint, idem_ttl_ms = ARGV[6], tonumber(ARGV[7])
+
+-- First, so a closed SKU's keys (being rewritten) are not even read.
+local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'epoch')
+if not s[1] then
+  if redis.call('EXISTS', closed_key) == 1 then
+    return {'outcome', 'closed'}
+  end
+  return {'outcome', 'no_sku'}
+end
+local on_hand, held, sold = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+local limit, ttl_ms, epoch = tonumber(s[4]), tonumber(s[5]), s[6]
 
 local record = redis.call('GET', idem_key)
 if record then
   local fp_len = #fingerprint
   if string.sub(record, 1, fp_len + 1) == fingerprint .. '|' then
-    return {'replay', string.sub(record, fp_len + 2)}
+    return {'outcome', 'replay', 'record', string.sub(record, fp_len + 2)}
   end
-  return {'reused'}
+  return {'outcome', 'reused'}
 end
-
-local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'epoch')
-if not s[1] then
-  return {'no_sku'}
-end
-local on_hand, held, sold = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-local limit, ttl_ms, epoch = tonumber(s[4]), tonumber(s[5]), s[6]
 
 local backlog = redis.call('XLEN', events_key)
 if backlog >= tonumber(ARGV[9]) then
-  return {'backlog', backlog}
+  return {'outcome', 'backlog', 'backlog', backlog}
 end
 
 local already = 0
@@ -64,7 +70,7 @@ if limit > 0 then
   already = tonumber(redis.call('GET', cust_key) or '0')
   if already + qty > limit then
     redis.call('SET', idem_key, fingerprint .. '|L|' .. limit .. '|' .. already, 'PX', idem_ttl_ms)
-    return {'limit', limit, already}
+    return {'outcome', 'limit', 'limit', limit, 'already', already}
   end
 end
 
@@ -78,7 +84,7 @@ if on_hand - held - sold < qty then
     end
   end
   redis.call('SET', idem_key, fingerprint .. '|S|' .. retry_after_ms, 'PX', idem_ttl_ms)
-  return {'sold_out', retry_after_ms}
+  return {'outcome', 'sold_out', 'retry_after_ms', retry_after_ms}
 end
 
 local expires_at_ms = now_ms + ttl_ms
@@ -91,4 +97,4 @@ redis.call('INCRBY', cust_key, qty)
 redis.call('SET', idem_key, fingerprint .. '|H|' .. hold_id .. '|' .. expires_at_ms, 'PX', idem_ttl_ms)
 redis.call('XADD', events_key, epoch .. '-*', 't', 'admit', 'i', event_id, 'h', hold_id,
   'c', customer, 'q', qty, 'm', now_ms, 'e', expires_at_ms, 'k', ARGV[8], 'f', fingerprint)
-return {'held', hold_id, expires_at_ms}
+return {'outcome', 'held', 'hold_id', hold_id, 'expires_at_ms', expires_at_ms}

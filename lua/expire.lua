@@ -6,13 +6,18 @@
 -- ARGV[2]  now, unix ms
 -- ARGV[3..] fresh event ids, one per hold this call may expire
 --
--- Reply: {expired, still_due}: holds expired now, and how many due holds
--- remain for the next call (non-zero when the batch was full).
+-- Reply, by name:
+--   outcome     "expired", or "closed" (the SKU is closed for a rebuild)
+--   expired     holds expired now
+--   still_due   due holds left for the next call (non-zero when the batch was full)
 
 local expiry_key = KEYS[1]
 local base, now_ms = ARGV[1], tonumber(ARGV[2])
 local batch = #ARGV - 2
 
+if not sku_open(base) then
+  return CLOSED
+end
 local due = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms, 'LIMIT', 0, batch)
 local expired = 0
 for i, hold_id in ipairs(due) do
@@ -26,4 +31,5 @@ for i, hold_id in ipairs(due) do
     redis.call('ZREM', expiry_key, hold_id)
   end
 end
-return {expired, redis.call('ZCOUNT', expiry_key, '-inf', now_ms)}
+return {'outcome', 'expired', 'expired', expired,
+  'still_due', redis.call('ZCOUNT', expiry_key, '-inf', now_ms)}

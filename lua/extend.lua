@@ -7,17 +7,21 @@
 -- ARGV[3]  event id (fresh UUID; names the extension, or the expiry if the hold is past due)
 -- ARGV[4]  now, unix ms
 --
--- Reply: {outcome, state, customer, quantity, expires_at_ms, extensions,
---         created_at_ms, event stream id or ""}
---   outcome "done" (extended), "ext_limit" (max_extensions reached),
---   "conflict" (the hold is not held; its state is given), "no_hold".
+-- Reply, by name (as settle.lua):
+--   outcome        "done" (extended), "ext_limit" (max_extensions reached),
+--                  "conflict" (the hold is not held), "no_hold", "closed"
+--   state, customer, quantity, expires_at_ms, extensions, created_at_ms
+--   position       the event appended, or ""
 
 local hold_key = KEYS[1]
 local base, hold_id, event_id, now_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
+if not sku_open(base) then
+  return CLOSED
+end
 local hold = read_hold(hold_key)
 if not hold then
-  return {'no_hold'}
+  return {'outcome', 'no_hold'}
 end
 local expired_at = expire_if_due(base, hold_id, hold, event_id, now_ms)
 if hold.state ~= 'held' then

@@ -7,10 +7,11 @@
 -- ARGV[1]  fence: the last event id seen by snapshot.lua
 -- ARGV[2]  on_hand   ARGV[3] held   ARGV[4] sold   (the ledger's figures)
 --
--- Reply: 1 repaired, 0 the SKU moved on since the fence (or is gone).
+-- Reply, by name: outcome "repaired", "moved" (an event was appended since
+-- the fence) or "closed" (the SKU is closed for a rebuild, or gone).
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+  return {'outcome', 'closed'}
 end
 local last = '0-0'
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -20,7 +21,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   end
 end
 if last ~= ARGV[1] then
-  return 0
+  return {'outcome', 'moved'}
 end
 redis.call('HSET', KEYS[1], 'on_hand', ARGV[2], 'held', ARGV[3], 'sold', ARGV[4])
-return 1
+return {'outcome', 'repaired'}

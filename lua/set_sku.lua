@@ -1,9 +1,11 @@
 -- set_sku.lua: create a SKU, replace its settings, or adjust its stock, and
 -- append the adjustment event. Refuses to put on_hand below held + sold, or
--- above 1000000000 (SkuSettings::MAX_ON_HAND).
+-- above 1000000000 (SkuSettings::MAX_ON_HAND), and to touch a SKU closed for
+-- a rebuild (it would otherwise be created anew under the rebuild).
 --
 -- KEYS[1]  stock hash    <prefix>:{sku}:stock
 -- KEYS[2]  event stream  <prefix>:{sku}:events
+-- KEYS[3]  closed marker <prefix>:{sku}:closed
 -- ARGV[1]  mode: "put" (ARGV[2] is the new on_hand; ARGV[3..5] replace the
 --          settings) or "adjust" (ARGV[2] is a delta; settings unchanged)
 -- ARGV[2]  on_hand or delta
@@ -17,20 +19,24 @@
 -- ARGV[10] reason, recorded with the movement
 -- ARGV[11] consumer group of the commit worker
 --
--- Reply:
---   {"created" | "updated", on_hand, held, sold, limit, ttl_ms, max_ext}
---   {"conflict", requested_on_hand, held, sold}
---   {"no_sku"}    adjust of a SKU that does not exist
+-- Reply, by name; `outcome` is one of:
+--   "created", "updated"   with on_hand, held, sold, limit, ttl_ms, max_ext
+--   "conflict"             with requested (on_hand), held, sold
+--   "no_sku"               adjust of a SKU that does not exist
+--   "closed"               the SKU is closed for a rebuild; nothing written
 
-local stock_key, events_key = KEYS[1], KEYS[2]
+local stock_key, events_key, closed_key = KEYS[1], KEYS[2], KEYS[3]
 local mode, amount = ARGV[1], tonumber(ARGV[2])
 local event_id, now_ms, reason = ARGV[6], ARGV[7], ARGV[10]
 
 local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'max_ext', 'epoch')
 local outcome = 'updated'
 if not s[1] then
+  if redis.call('EXISTS', closed_key) == 1 then
+    return {'outcome', 'closed'}
+  end
   if mode ~= 'put' then
-    return {'no_sku'}
+    return {'outcome', 'no_sku'}
   end
   outcome = 'created'
   s = {'0', '0', '0', ARGV[3], ARGV[4], ARGV[5], ARGV[8]}
@@ -45,7 +51,7 @@ else
   limit, ttl_ms, max_ext = ARGV[3], ARGV[4], ARGV[5]
 end
 if new_on_hand < held + sold or new_on_hand > 1000000000 then
-  return {'conflict', new_on_hand, held, sold}
+  return {'outcome', 'conflict', 'requested', new_on_hand, 'held', held, 'sold', sold}
 end
 
 if outcome == 'created' then
@@ -58,4 +64,5 @@ end
 redis.call('HSET', stock_key, 'on_hand', new_on_hand, 'limit', limit, 'ttl_ms', ttl_ms, 'max_ext', max_ext)
 redis.call('XADD', events_key, epoch .. '-*', 't', 'adjust', 'i', event_id, 'm', now_ms,
   'd', new_on_hand - on_hand, 'l', limit, 'ttl', ttl_ms, 'x', max_ext, 'r', reason)
-return {outcome, new_on_hand, held, sold, tonumber(limit), tonumber(ttl_ms), tonumber(max_ext)}
+return {'outcome', outcome, 'on_hand', new_on_hand, 'held', held, 'sold', sold,
+  'limit', tonumber(limit), 'ttl_ms', tonumber(ttl_ms), 'max_ext', tonumber(max_ext)}

@@ -4,13 +4,15 @@
 -- KEYS[1]  stock hash    <prefix>:{sku}:stock
 -- KEYS[2]  event stream  <prefix>:{sku}:events
 --
--- Reply: {} when the SKU is not in the gate, else
---        {on_hand, held, sold, last_event_id, backlog}  (last id "0-0" when
---        none yet; backlog = entries still in the stream)
+-- Reply, by name:
+--   outcome    "found", or "no_sku" (not in the gate, or closed for a rebuild)
+--   on_hand, held, sold
+--   last_id    the last event appended, "0-0" when none yet
+--   backlog    entries still in the stream
 
 local s = redis.call('HMGET', KEYS[1], 'on_hand', 'held', 'sold')
 if not s[1] then
-  return {}
+  return {'outcome', 'no_sku'}
 end
 local last, backlog = '0-0', 0
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -20,4 +22,5 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     if info[i] == 'last-generated-id' then last = info[i + 1] end
   end
 end
-return {tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), last, backlog}
+return {'outcome', 'found', 'on_hand', tonumber(s[1]), 'held', tonumber(s[2]),
+  'sold', tonumber(s[3]), 'last_id', last, 'backlog', backlog}

@@ -6,14 +6,18 @@
 -- KEYS[1]  event stream  <prefix>:{sku}:events
 -- ARGV[1]  consumer group
 --
--- Reply: number of entries trimmed.
+-- Reply, by name: outcome "trimmed", trimmed (entries dropped).
 
 local events_key, group = KEYS[1], ARGV[1]
+
+local function trimmed(n)
+  return {'outcome', 'trimmed', 'trimmed', n}
+end
 
 local last_delivered = nil
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', events_key)
 if not ok then
-  return 0
+  return trimmed(0)
 end
 for _, g in ipairs(groups) do
   local name, delivered = nil, nil
@@ -24,7 +28,7 @@ for _, g in ipairs(groups) do
   if name == group then last_delivered = delivered end
 end
 if not last_delivered or last_delivered == '0-0' then
-  return 0
+  return trimmed(0)
 end
 
 local pending = redis.call('XPENDING', events_key, group)
@@ -35,4 +39,4 @@ else
   local ms, seq = string.match(last_delivered, '^(%d+)-(%d+)$')
   keep_from = ms .. '-' .. (tonumber(seq) + 1)
 end
-return redis.call('XTRIM', events_key, 'MINID', keep_from)
+return trimmed(redis.call('XTRIM', events_key, 'MINID', keep_from))

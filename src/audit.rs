@@ -3,10 +3,8 @@
 //! first (as the worker would), so gate and ledger are compared at a fence.
 
 use crate::app::{AppError, Dropgate};
-use crate::domain::SkuId;
-use redis::AsyncCommands;
+use crate::domain::{SkuId, Stock};
 use serde::Serialize;
-use sqlx::Row;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SkuAudit {
@@ -73,91 +71,84 @@ impl AuditReport {
 }
 
 pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
-    let pool = app.ledger.pool();
     let mut report = AuditReport {
         skus: Vec::new(),
         breaches: Vec::new(),
     };
-    let map = |e: sqlx::Error| AppError::Ledger(e.into());
-
-    let duplicate_events: i64 =
-        sqlx::query_scalar("SELECT count(*) - count(DISTINCT event_id) FROM movements")
-            .fetch_one(pool)
-            .await
-            .map_err(map)?;
-    if duplicate_events != 0 {
+    let checks = app.ledger.checks().await?;
+    if checks.duplicate_events != 0 {
         report.breaches.push(format!(
-            "{duplicate_events} duplicate event ids in movements"
+            "{} duplicate event ids in movements",
+            checks.duplicate_events
         ));
     }
-    let double_settled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT hold_id FROM movements
-           WHERE kind IN ('confirm', 'release', 'expire') AND held_delta <> 0
-           GROUP BY hold_id HAVING count(*) > 1) twice",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(map)?;
-    if double_settled != 0 {
-        report
-            .breaches
-            .push(format!("{double_settled} holds settled more than once"));
+    if checks.double_settled != 0 {
+        report.breaches.push(format!(
+            "{} holds settled more than once",
+            checks.double_settled
+        ));
     }
 
-    for sku in app.ledger.all_skus().await? {
+    let ledger_skus = app.ledger.all_skus().await?;
+    let known: std::collections::BTreeSet<&SkuId> = ledger_skus.iter().map(|s| &s.sku).collect();
+    for sku in app.gate.skus().await? {
+        if !known.contains(&sku) {
+            report
+                .breaches
+                .push(format!("the gate has SKU {sku}, the ledger does not"));
+        }
+    }
+    let dead_letters = app.ledger.open_dead_letters().await?;
+    if dead_letters > 0 {
+        report.breaches.push(format!(
+            "{dead_letters} events set aside as dead letters (dropgate dead-letters list)"
+        ));
+    }
+
+    for sku in ledger_skus {
+        let mut breaches = Vec::new();
+        // Compare at a fence; a SKU whose stream cannot be brought into the
+        // ledger is a breach of its own, and the audit goes on.
         let snapshot = app.gate.snapshot(&sku.sku).await?;
         if let Some(last) = snapshot.and_then(|s| s.last) {
-            app.flush(&sku.sku, Some(last)).await?;
+            if let Err(error) = app.flush(&sku.sku, Some(last)).await {
+                breaches.push(format!(
+                    "its events could not be brought into the ledger: {error}"
+                ));
+            }
         }
-        let row = sqlx::query(
-            "SELECT s.on_hand, s.held, s.sold,
-                    coalesce(sum(m.quantity_delta), 0)::int8 AS m_on_hand,
-                    coalesce(sum(m.held_delta), 0)::int8 AS m_held,
-                    coalesce(sum(m.sold_delta), 0)::int8 AS m_sold,
-                    (SELECT coalesce(sum(quantity), 0)::int8 FROM holds h WHERE h.sku = s.sku AND h.state = 'held') AS h_held,
-                    (SELECT coalesce(sum(quantity), 0)::int8 FROM holds h WHERE h.sku = s.sku AND h.state = 'confirmed') AS h_sold,
-                    (SELECT count(*) FROM holds h WHERE h.sku = s.sku AND h.state = 'held') AS live
-             FROM skus s LEFT JOIN movements m ON m.sku = s.sku
-             WHERE s.sku = $1 GROUP BY s.sku",
-        )
-        .bind(sku.sku.as_str())
-        .fetch_one(pool)
-        .await
-        .map_err(map)?;
-        let get = |name: &str| row.try_get::<i64, _>(name).map_err(map);
-        let (on_hand, held, sold) = (get("on_hand")?, get("held")?, get("sold")?);
-        let mut breaches = Vec::new();
-        if held < 0 || sold < 0 || held + sold > on_hand {
+        let Some(checks) = app.ledger.sku_checks(&sku.sku).await? else {
+            continue;
+        };
+        let Stock {
+            on_hand,
+            held,
+            sold,
+        } = checks.counters;
+        if !checks.counters.is_consistent() {
             breaches.push(format!("held {held} + sold {sold} > on_hand {on_hand}"));
         }
-        if (get("m_on_hand")?, get("m_held")?, get("m_sold")?) != (on_hand, held, sold) {
+        if checks.movements != checks.counters {
+            let m = checks.movements;
             breaches.push(format!(
                 "counters differ from the sum of movements ({}, {}, {})",
-                get("m_on_hand")?,
-                get("m_held")?,
-                get("m_sold")?
+                m.on_hand, m.held, m.sold
             ));
         }
-        if (get("h_held")?, get("h_sold")?) != (held, sold) {
+        if checks.holds != checks.counters {
             breaches.push(format!(
                 "holds sum to held {} sold {}",
-                get("h_held")?,
-                get("h_sold")?
+                checks.holds.held, checks.holds.sold
             ));
         }
-        let live_ledger = get("live")?;
+        let live_ledger = checks.live_holds;
         let (mut gate_held, mut gate_sold, mut live_gate) = (None, None, None);
         if let Some(gate) = app.gate.sku(&sku.sku).await? {
-            let live: i64 = app
-                .gate
-                .connection()
-                .zcard(app.gate.keys().expiry(&sku.sku))
-                .await
-                .map_err(crate::gate::GateError::from)?;
-            if (gate.held, gate.sold, gate.on_hand) != (held, sold, on_hand) {
+            let live = app.gate.live_holds(&sku.sku).await?;
+            if !gate.stock.drift(checks.counters).is_zero() {
                 breaches.push(format!(
                     "gate has on_hand {} held {} sold {}",
-                    gate.on_hand, gate.held, gate.sold
+                    gate.stock.on_hand, gate.stock.held, gate.stock.sold
                 ));
             }
             if live != live_ledger {
@@ -165,7 +156,8 @@ pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
                     "{live} live holds in the gate, {live_ledger} in the ledger"
                 ));
             }
-            (gate_held, gate_sold, live_gate) = (Some(gate.held), Some(gate.sold), Some(live));
+            (gate_held, gate_sold, live_gate) =
+                (Some(gate.stock.held), Some(gate.stock.sold), Some(live));
         }
         report.skus.push(SkuAudit {
             sku: sku.sku,

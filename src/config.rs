@@ -38,6 +38,39 @@ pub enum Command {
     Skus(SkusConfig),
     /// Inspect holds, straight through the stores.
     Holds(HoldsConfig),
+    /// Inspect, retry or void events the ledger set aside.
+    DeadLetters(DeadLettersConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLettersConfig {
+    #[command(flatten)]
+    pub stores: StoreConfig,
+    #[command(subcommand)]
+    pub command: DeadLettersCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Dead letters as JSON lines, open ones first.
+    List {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Apply a dead letter now (its text with control characters escaped).
+    Retry {
+        event_id: uuid::Uuid,
+        /// Why; kept with the dead letter.
+        #[arg(long)]
+        note: String,
+    },
+    /// Never apply it; records a `reconcile` movement saying so.
+    Void {
+        event_id: uuid::Uuid,
+        /// Why; kept with the dead letter and in the movement.
+        #[arg(long)]
+        note: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -175,14 +208,16 @@ pub struct ServeConfig {
     /// Who decides admissions: `redis` (the gate) or `postgres` (one
     /// conditional UPDATE per admission: the benchmark peer).
     #[arg(long, env = "DROPGATE_ADMISSION", value_name = "DROPGATE_ADMISSION",
-          value_enum, default_value_t = AdmissionMode::Redis)]
-    pub admission: AdmissionMode,
+          value_enum, default_value_t = crate::app::AdmissionMode::Redis)]
+    pub admission: crate::app::AdmissionMode,
 
     /// While Redis is unreachable: `reject` admissions (503) or `fallback`
     /// to Postgres-direct admission.
+    /// Kept only to refuse `fallback` loudly (see README, "Redis
+    /// unreachable"); `reject` is the one behaviour.
     #[arg(long, env = "DROPGATE_REDIS_DOWN", value_name = "DROPGATE_REDIS_DOWN",
-          value_enum, default_value_t = RedisDown::Reject)]
-    pub redis_down: RedisDown,
+          hide = true, value_parser = parse_redis_down)]
+    pub redis_down: Option<String>,
 
     /// Redis replicas that must acknowledge an admission before it answers
     /// 201 (Redis WAIT); 0 = answer once the primary has it.
@@ -216,18 +251,6 @@ pub struct ServeConfig {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "DROPGATE_LOG_JSON", value_name = "DROPGATE_LOG_JSON")]
     pub log_json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AdmissionMode {
-    Redis,
-    Postgres,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RedisDown {
-    Reject,
-    Fallback,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -273,6 +296,19 @@ pub fn parse() -> Cli {
             }
             error.exit()
         }
+    }
+}
+
+fn parse_redis_down(value: &str) -> Result<String, String> {
+    match value {
+        "reject" => Ok(value.to_owned()),
+        "fallback" => Err(
+            "fallback was removed: Postgres cannot admit while the gate holds \
+                           admissions it has not committed without overselling or losing them; \
+                           Redis down means 503 (see README)"
+                .into(),
+        ),
+        _ => Err("must be reject".into()),
     }
 }
 

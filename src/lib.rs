@@ -17,6 +17,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod domain;

@@ -16,9 +16,7 @@ async fn main() -> ExitCode {
         }
         Command::Migrate(stores) => {
             dropgate::telemetry::init_logs(false);
-            dropgate::ledger::migrate(&stores.database_url)
-                .await
-                .map_err(anyhow::Error::from)
+            dropgate::startup::migrate(&stores).await
         }
         Command::Worker(stores) => {
             dropgate::telemetry::init_logs(false);
@@ -35,6 +33,10 @@ async fn main() -> ExitCode {
         Command::Holds(config) => {
             dropgate::telemetry::init_logs_with("warn", false);
             dropgate::operator::holds(config).await
+        }
+        Command::DeadLetters(config) => {
+            dropgate::telemetry::init_logs_with("warn", false);
+            dropgate::operator::dead_letters(config).await
         }
         Command::Audit(config) => {
             dropgate::telemetry::init_logs_with("warn", false);

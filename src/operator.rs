@@ -3,8 +3,12 @@
 //! so they work while the HTTP server is down or unreachable.
 
 use crate::app::{HoldOutcome, SkuOutcome};
-use crate::config::{HoldsCommand, HoldsConfig, SkusCommand, SkusConfig};
+use crate::config::{
+    DeadLettersCommand, DeadLettersConfig, HoldsCommand, HoldsConfig, SkusCommand, SkusConfig,
+};
 use crate::domain::{HoldId, SkuId, SkuSettings};
+use crate::http::{Hold, Sku};
+use crate::ledger::Resolution;
 use anyhow::{anyhow, bail};
 
 pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
@@ -16,7 +20,7 @@ pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
             loop {
                 let page = app.skus(after.as_ref(), 500).await?;
                 for sku in &page {
-                    println!("{}", serde_json::to_string(sku)?);
+                    println!("{}", serde_json::to_string(&Sku::from(sku.clone()))?);
                 }
                 match page.last() {
                     Some(last) if page.len() == 500 => after = Some(last.sku.clone()),
@@ -52,7 +56,7 @@ pub async fn skus(config: SkusConfig) -> anyhow::Result<()> {
 fn print_sku_outcome(outcome: SkuOutcome) -> anyhow::Result<()> {
     match outcome {
         SkuOutcome::Created(sku) | SkuOutcome::Updated(sku) => {
-            println!("{}", serde_json::to_string(&sku)?);
+            println!("{}", serde_json::to_string(&Sku::from(sku))?);
             Ok(())
         }
         SkuOutcome::Conflict {
@@ -74,11 +78,36 @@ pub async fn holds(config: HoldsConfig) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("{hold_id}: not a dropgate hold id"))?;
             match app.hold(id).await? {
                 HoldOutcome::Ok(hold) => {
-                    println!("{}", serde_json::to_string_pretty(&hold)?);
+                    println!("{}", serde_json::to_string_pretty(&Hold::from(hold))?);
                     Ok(())
                 }
                 _ => bail!("{hold_id}: no such hold"),
             }
         }
+    }
+}
+
+pub async fn dead_letters(config: DeadLettersConfig) -> anyhow::Result<()> {
+    let app = crate::startup::connect(&config.stores).await?;
+    let (event_id, resolution, note) = match config.command {
+        DeadLettersCommand::List { limit } => {
+            for letter in app.ledger.dead_letters(limit).await? {
+                println!("{}", serde_json::to_string(&letter)?);
+            }
+            return Ok(());
+        }
+        DeadLettersCommand::Retry { event_id, note } => (event_id, Resolution::Retry, note),
+        DeadLettersCommand::Void { event_id, note } => (event_id, Resolution::Void, note),
+    };
+    match app
+        .ledger
+        .resolve_dead_letter(event_id, resolution, &note)
+        .await?
+    {
+        Some(outcome) => {
+            println!("{event_id}: {outcome}");
+            Ok(())
+        }
+        None => bail!("{event_id}: no open dead letter"),
     }
 }

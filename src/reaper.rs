@@ -3,9 +3,8 @@
 //! script appends. Expiring twice is a no-op, and confirm, release and the
 //! reaper race safely because each settles a hold only while it is `held`.
 
-use crate::app::{AppError, Dropgate};
-use crate::config::AdmissionMode;
-use crate::domain::now_ms;
+use crate::app::{AdmissionMode, AppError, Dropgate};
+use crate::gate::{Expire, Expired, Fenced};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -25,18 +24,15 @@ impl Reaper {
     }
 
     /// Expires every due hold of every SKU; returns how many it expired.
-    /// Holds only Postgres knows (Postgres admission, or admitted in Redis's
-    /// place while it was away) are expired there.
+    /// With Postgres deciding admissions, its holds are expired there. While
+    /// Redis is away nothing expires: the gate decides, and a hold expired
+    /// behind its back could be confirmed there a moment later.
     pub async fn run_once(&self) -> Result<u64, AppError> {
-        if self.app.admission() == AdmissionMode::Postgres {
-            return Ok(u64::try_from(self.app.ledger.expire_due_direct().await?).unwrap_or(0));
-        }
-        match self.expire_in_gate().await {
-            Err(AppError::Gate(error)) if error.is_unavailable() => {
-                let expired = self.app.ledger.expire_due_direct().await?;
-                Ok(u64::try_from(expired).unwrap_or(0))
+        match self.app.admission() {
+            AdmissionMode::Postgres => {
+                Ok(u64::try_from(self.app.ledger.expire_due_direct().await?).unwrap_or(0))
             }
-            other => other,
+            AdmissionMode::Redis => self.expire_in_gate().await,
         }
     }
 
@@ -45,8 +41,16 @@ impl Reaper {
         let mut expired = 0;
         for sku in gate.skus().await? {
             loop {
-                let (now_expired, still_due) =
-                    gate.expire_due(&sku, EXPIRE_BATCH, now_ms()).await?;
+                let batch = Expire::new(sku.clone(), EXPIRE_BATCH, self.app.now_ms());
+                // A SKU closed for a rebuild comes back with its holds as the
+                // ledger has them; the next tick expires those.
+                let Fenced::Open(Expired {
+                    expired: now_expired,
+                    still_due,
+                }) = gate.expire(&batch).await?
+                else {
+                    break;
+                };
                 expired += now_expired;
                 if still_due == 0 || now_expired == 0 {
                     break;

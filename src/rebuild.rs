@@ -1,66 +1,131 @@
-//! Building the gate from the ledger: on a fresh Redis, or after Redis lost
-//! its data. While the epoch key is missing the gate is closed: admissions
-//! answer 503 and `/readyz` says why. The rebuild starts a new epoch, so
-//! events of the lost gate that still reach the ledger are fenced off, and
-//! holds it admitted that never reached the ledger answer `lost`.
+//! Building the gate from the ledger: on a fresh Redis, after Redis lost its
+//! data, or when the gate in Redis was built from another ledger (a new
+//! `DATABASE_URL` on the same Redis, a restored backup). While the epoch key
+//! is missing the gate is closed: admissions answer 503 and `/readyz` says
+//! why. The rebuild starts a new epoch, so events of the old gate that still
+//! reach the ledger are fenced off, and holds it admitted that never reached
+//! the ledger answer `lost`.
 
 use crate::app::{AppError, Dropgate};
+use crate::domain::SkuId;
+use std::collections::BTreeSet;
 
-/// Serializes rebuilds across dropgate processes (Postgres advisory lock).
-const REBUILD_LOCK: i64 = 0x6472_6f70_6761_7465; // "dropgate"
+/// Why the gate in Redis cannot be served as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    /// No epoch key: a fresh Redis, or Redis lost its data.
+    Missing,
+    /// Built from a ledger with another id, or from a later state of this
+    /// one (its epoch is ahead of every epoch this ledger started).
+    Foreign { epoch: i64 },
+}
 
-/// Makes sure the gate is built; builds it from the ledger when the epoch
-/// key is missing. Returns the gate epoch.
+/// Makes sure the gate is built from this ledger; (re)builds it when not.
+/// Returns the gate epoch.
 pub async fn ensure_gate(app: &Dropgate) -> Result<i64, AppError> {
-    if let Some(epoch) = app.gate.epoch().await? {
-        return Ok(epoch);
+    match staleness(app).await? {
+        Ok(epoch) => Ok(epoch),
+        Err(_) => app.ledger.with_rebuild_lock(rebuild_locked(app)).await,
     }
-    let mut lock = app
-        .ledger
-        .pool()
-        .acquire()
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut *lock)
-        .await
-        .map_err(crate::ledger::LedgerError::from)?;
-    let built = rebuild_locked(app).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut *lock)
-        .await;
-    built
+}
+
+/// `Ok(epoch)` when the gate is built from this ledger, else why not.
+async fn staleness(app: &Dropgate) -> Result<Result<i64, Stale>, AppError> {
+    let Some(epoch) = app.gate.epoch().await? else {
+        return Ok(Err(Stale::Missing));
+    };
+    let ours = app.ledger.ledger_id().await?;
+    let from = app.gate.built_from().await?;
+    if from != Some(ours) || epoch > app.ledger.epoch().await? {
+        return Ok(Err(Stale::Foreign { epoch }));
+    }
+    Ok(Ok(epoch))
 }
 
 async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
     // Another process may have rebuilt it while we waited for the lock.
-    if let Some(epoch) = app.gate.epoch().await? {
-        return Ok(epoch);
-    }
-    let skus = app.ledger.all_skus().await?;
-    let reason = if skus.is_empty() {
-        "gate built"
-    } else {
-        "gate rebuilt from the ledger"
+    let stale = match staleness(app).await? {
+        Ok(epoch) => return Ok(epoch),
+        Err(stale) => stale,
     };
-    let epoch = app.ledger.start_epoch(reason).await?;
+    let skus = app.ledger.all_skus().await?;
+    let above = match stale {
+        Stale::Missing => 0,
+        Stale::Foreign { epoch } => {
+            record_foreign_gate(app, &skus, epoch).await?;
+            epoch
+        }
+    };
+    let reason = match (stale, skus.is_empty()) {
+        (Stale::Foreign { .. }, _) => "gate rebuilt: Redis held a gate built from another ledger",
+        (Stale::Missing, true) => "gate built",
+        (Stale::Missing, false) => "gate rebuilt from the ledger",
+    };
+    let epoch = app.ledger.start_epoch(reason, above).await?;
     if skus.is_empty() {
         tracing::info!(epoch, "{reason}");
     } else {
         tracing::warn!(epoch, skus = skus.len(), "{reason}");
     }
     for sku in &skus {
-        // When only part of Redis was lost, whatever the stream still holds
-        // goes to the ledger first, so the rebuild loses nothing it had.
-        if let Err(error) = app.flush(&sku.sku, None).await {
-            tracing::debug!(sku = %sku.sku, %error, "no stream to flush before the rebuild");
+        // Closed first: from here no script changes the SKU, so its stream
+        // holds every event it will ever have. When only part of Redis was
+        // lost, the flush takes what the stream still holds to the ledger,
+        // and the snapshot after it misses nothing. Should the flush fail,
+        // the rebuild stops here: the SKU stays closed (503) and the stream
+        // intact, and the next attempt starts over. A foreign gate's events
+        // are not this ledger's: never applied.
+        app.gate.close_sku(&sku.sku).await?;
+        if stale == Stale::Missing {
+            app.flush(&sku.sku, None).await?;
         }
-        let source = app.ledger.gate_source(sku, epoch).await?;
-        app.gate.rebuild_sku(&source).await?;
+        let snapshot = app.ledger.snapshot_for_epoch(&sku.sku, epoch).await?;
+        app.gate.rebuild_sku(&snapshot, app.now_ms()).await?;
     }
-    app.gate.set_epoch(epoch).await?;
+    app.gate
+        .set_built(epoch, app.ledger.ledger_id().await?)
+        .await?;
     metrics::counter!("dropgate_gate_rebuilds_total").increment(1);
     Ok(epoch)
+}
+
+/// Says loudly what the foreign gate had, as `reconcile` movements for the
+/// SKUs this ledger has, and drops the SKUs it does not have (their
+/// admissions were never this ledger's).
+async fn record_foreign_gate(
+    app: &Dropgate,
+    skus: &[crate::ledger::LedgerSku],
+    epoch: i64,
+) -> Result<(), AppError> {
+    let ours: BTreeSet<&SkuId> = skus.iter().map(|s| &s.sku).collect();
+    for sku in app.gate.skus().await? {
+        if !ours.contains(&sku) {
+            tracing::error!(%sku, gate_epoch = epoch,
+                "the gate in Redis has a SKU this ledger does not know: dropped from the gate");
+            metrics::counter!("dropgate_gate_foreign_skus_dropped_total").increment(1);
+            app.gate.drop_sku(&sku).await?;
+        }
+    }
+    for sku in skus {
+        let Some(gate) = app.gate.sku(&sku.sku).await? else {
+            continue;
+        };
+        let drift = gate.stock.drift(sku.figures.stock);
+        if drift.is_zero() {
+            continue;
+        }
+        let reason = format!(
+            "gate in Redis was built from another ledger (epoch {epoch}): it had on_hand {} held {} \
+             sold {}; rebuilt from this ledger's on_hand {} held {} sold {}",
+            gate.stock.on_hand,
+            gate.stock.held,
+            gate.stock.sold,
+            sku.figures.stock.on_hand,
+            sku.figures.stock.held,
+            sku.figures.stock.sold
+        );
+        tracing::error!(sku = %sku.sku, %reason);
+        app.ledger.record_reconcile(&sku.sku, &reason).await?;
+    }
+    Ok(())
 }

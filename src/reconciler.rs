@@ -8,6 +8,7 @@
 
 use crate::app::{AppError, Dropgate};
 use crate::domain::{HoldState, SkuId};
+use crate::gate::Fenced;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -35,6 +36,8 @@ pub struct Drift {
 pub struct ReconcileReport {
     pub checked: usize,
     pub drift: Vec<Drift>,
+    /// SKUs that could not be checked this pass.
+    pub failed: Vec<SkuId>,
 }
 
 pub struct Reconciler {
@@ -53,15 +56,6 @@ impl Reconciler {
 
     /// One pass over every SKU.
     pub async fn run_once(&self) -> Result<ReconcileReport, AppError> {
-        if self.app.take_fallback_used() {
-            // Postgres admitted while Redis was away: the gate does not know
-            // those holds. Rebuild it from the ledger (after flushing what it
-            // still has), or try again next round if Redis is still away.
-            if let Err(error) = self.app.gate.forget_epoch().await {
-                self.app.mark_fallback_used();
-                return Err(error.into());
-            }
-        }
         crate::rebuild::ensure_gate(&self.app).await?;
         let mut report = ReconcileReport::default();
         let counted_recently = self
@@ -71,6 +65,8 @@ impl Reconciler {
             .and_then(|at| *at)
             .is_some_and(|at| at.elapsed() < HOLD_COUNT_INTERVAL);
         if !counted_recently {
+            let open = self.app.ledger.open_dead_letters().await?;
+            metrics::gauge!("dropgate_ledger_dead_letters_open").set(open as f64);
             for (state, holds) in self.app.ledger.holds_by_state().await? {
                 metrics::gauge!("dropgate_holds", "state" => state).set(holds as f64);
             }
@@ -78,9 +74,18 @@ impl Reconciler {
                 *at = Some(std::time::Instant::now());
             }
         }
+        // Each SKU on its own: one that fails (a store error, a bad event)
+        // is reported and the pass goes on with the others.
         for sku in self.app.ledger.all_skus().await? {
-            if let Some(drift) = self.check(&sku.sku).await? {
-                report.drift.push(drift);
+            match self.check(&sku.sku).await {
+                Ok(Some(drift)) => report.drift.push(drift),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(sku = %sku.sku, %error, "reconciler could not check the SKU");
+                    metrics::counter!("dropgate_reconciler_errors_total").increment(1);
+                    report.failed.push(sku.sku.clone());
+                    continue;
+                }
             }
             report.checked += 1;
         }
@@ -136,9 +141,9 @@ impl Reconciler {
         }
         let drift = Drift {
             sku: sku.clone(),
-            on_hand: snapshot.on_hand - ledger.on_hand,
-            held: snapshot.held - ledger.held,
-            sold: snapshot.sold - ledger.sold,
+            on_hand: snapshot.on_hand - ledger.figures.stock.on_hand,
+            held: snapshot.held - ledger.figures.stock.held,
+            sold: snapshot.sold - ledger.figures.stock.sold,
             repaired: false,
         };
         let label = sku.to_string();
@@ -156,12 +161,13 @@ impl Reconciler {
         let repaired = self
             .app
             .gate
-            .repair(sku, &snapshot, ledger.on_hand, ledger.held, ledger.sold)
-            .await?;
+            .repair(sku, &snapshot, ledger.figures.stock)
+            .await?
+            == Fenced::Open(true);
         if repaired {
             let reason = format!(
                 "gate had on_hand {} held {} sold {}; set to the ledger's on_hand {} held {} sold {}",
-                snapshot.on_hand, snapshot.held, snapshot.sold, ledger.on_hand, ledger.held, ledger.sold
+                snapshot.on_hand, snapshot.held, snapshot.sold, ledger.figures.stock.on_hand, ledger.figures.stock.held, ledger.figures.stock.sold
             );
             self.app.ledger.record_reconcile(sku, &reason).await?;
             metrics::counter!("dropgate_reconciler_repairs_total").increment(1);

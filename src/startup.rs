@@ -35,7 +35,7 @@ impl Application {
         let app = connect(&config.stores)
             .await?
             .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
-            .with_admission(config.admission, config.redis_down);
+            .with_admission(config.admission);
         if let Err(error) = crate::rebuild::ensure_gate(&app).await {
             // Not fatal: the server answers 503 and the next request or the
             // reconciler builds the gate once Redis is back.
@@ -79,11 +79,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = Vec::new();
         if !self.config.no_worker {
-            let worker = Worker::new(
-                self.state.app.clone(),
-                &self.config.stores.redis_url,
-                WorkerLimits::default(),
-            )?;
+            let worker = Worker::new(self.state.app.clone(), WorkerLimits::default())?;
             background.push(tokio::spawn(worker.run(stop_rx.clone())));
         }
         if !self.config.no_reaper {
@@ -91,7 +87,7 @@ impl Application {
             background.push(tokio::spawn(reaper.run(stop_rx.clone())));
         }
         // With Postgres deciding admissions there is no gate to reconcile.
-        let postgres_only = self.config.admission == crate::config::AdmissionMode::Postgres;
+        let postgres_only = self.config.admission == crate::app::AdmissionMode::Postgres;
         if !self.config.no_reconciler && !postgres_only {
             let reconciler = crate::reconciler::Reconciler::new(self.state.app.clone());
             background.push(tokio::spawn(reconciler.run(stop_rx.clone())));
@@ -179,16 +175,22 @@ pub async fn shutdown_signal() {
 /// Migrates the ledger and connects both stores, for the commands that
 /// run without the HTTP server.
 pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Dropgate> {
-    ledger::migrate(&stores.database_url)
-        .await
-        .context("DATABASE_URL: cannot migrate the ledger")?;
+    migrate(stores).await?;
     let ledger = Ledger::connect(&stores.database_url, stores.store_timeout())?;
     let gate = Gate::connect(
         &stores.redis_url,
         &stores.key_prefix,
         stores.store_timeout(),
     )?;
-    Ok(Dropgate::new(gate, ledger))
+    Ok(Dropgate::new(gate, ledger, crate::clock::system()))
+}
+
+/// `dropgate migrate`: creates the ledger's database if missing and applies
+/// the migrations.
+pub async fn migrate(stores: &crate::config::StoreConfig) -> anyhow::Result<()> {
+    ledger::migrate(&stores.database_url)
+        .await
+        .context("DATABASE_URL: cannot migrate the ledger")
 }
 
 /// `dropgate reconcile`: only the reconciler, until `shutdown`.
@@ -210,11 +212,7 @@ pub async fn run_worker(
     stores: crate::config::StoreConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let worker = Worker::new(
-        connect(&stores).await?,
-        &stores.redis_url,
-        WorkerLimits::default(),
-    )?;
+    let worker = Worker::new(connect(&stores).await?, WorkerLimits::default())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = tokio::spawn(worker.run(stop_rx));
     shutdown.await;

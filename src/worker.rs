@@ -6,14 +6,10 @@
 //! applied again by another.
 
 use crate::app::Dropgate;
-use crate::domain::{now_ms, Event, Position, SkuId};
-use crate::gate::{parse_event, CONSUMER_GROUP};
+use crate::domain::{Event, Position, SkuId};
+use crate::gate::{Consumer, Delivery};
 use crate::ledger::ApplyReport;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
-};
-use redis::AsyncCommands;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -44,10 +40,6 @@ impl Default for WorkerLimits {
 pub enum WorkerError {
     #[error(transparent)]
     App(#[from] crate::app::AppError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 impl From<crate::gate::GateError> for WorkerError {
@@ -64,10 +56,10 @@ impl From<crate::ledger::LedgerError> for WorkerError {
 
 pub struct Worker {
     app: Dropgate,
-    /// Blocking stream reads get their own connections, off the hot path's
-    /// multiplexed one (a blocked read would stall the pipeline behind it).
-    pool: deadpool_redis::Pool,
-    consumer: String,
+    /// Our member of the group, reading on a connection of its own, off the
+    /// hot path's multiplexed one (a blocked read would stall the pipeline
+    /// behind it).
+    consumer: Consumer,
     limits: WorkerLimits,
     skus: Vec<SkuId>,
     skus_read_at: Option<Instant>,
@@ -75,24 +67,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(app: Dropgate, redis_url: &str, limits: WorkerLimits) -> Result<Self, WorkerError> {
-        let pool = deadpool_redis::Config::from_url(redis_url)
-            .builder()
-            .map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Client, "pool config", e.to_string()))
-            })?
-            .max_size(2)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(2)))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Client, "pool build", e.to_string()))
-            })?;
-        let consumer = format!("worker-{}", uuid::Uuid::new_v4().simple());
+    pub fn new(app: Dropgate, limits: WorkerLimits) -> Result<Self, WorkerError> {
+        let consumer = app
+            .gate
+            .consumer(&format!("worker-{}", uuid::Uuid::new_v4().simple()))?;
         Ok(Self {
             app,
-            pool,
             consumer,
             limits,
             skus: Vec::new(),
@@ -104,7 +84,7 @@ impl Worker {
     /// Runs until `stop` turns true, backing off (capped) while a store is away.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
-        tracing::info!(consumer = %self.consumer, "commit worker started");
+        tracing::info!(consumer = self.consumer.name(), "commit worker started");
         while !*stop.borrow() {
             match self.run_once().await {
                 Ok(_) => backoff = Duration::from_millis(50),
@@ -119,7 +99,7 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(consumer = %self.consumer, "commit worker stopped");
+        tracing::info!(consumer = self.consumer.name(), "commit worker stopped");
     }
 
     /// One batch: claim what dead consumers left (now and then), else read
@@ -130,51 +110,31 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(self.limits.read_block_ms as u64)).await;
             return Ok(ApplyReport::default());
         }
-        let mut conn = self.pool.get().await?;
-        let keys: HashMap<String, SkuId> = self
-            .skus
-            .iter()
-            .map(|sku| (self.app.gate.keys().events(sku), sku.clone()))
-            .collect();
 
-        let mut entries: Vec<(String, StreamId)> = Vec::new();
+        let mut entries: Vec<Delivery> = Vec::new();
         let claim_due = self.claimed_at.is_none_or(|at| {
             at.elapsed() >= Duration::from_millis(self.limits.claim_idle_ms as u64 / 2)
         });
         if claim_due {
             // Our own pending entries count too: a batch that failed to
             // commit is retried from here after the idle time.
-            for key in keys.keys() {
-                let reply: StreamAutoClaimReply = conn
-                    .xautoclaim_options(
-                        key,
-                        CONSUMER_GROUP,
-                        &self.consumer,
-                        self.limits.claim_idle_ms,
-                        "0-0",
-                        StreamAutoClaimOptions::default().count(self.limits.batch_max_events),
-                    )
-                    .await?;
-                entries.extend(reply.claimed.into_iter().map(|e| (key.clone(), e)));
-            }
+            entries = self
+                .consumer
+                .claim_idle(
+                    &self.skus,
+                    self.limits.claim_idle_ms,
+                    self.limits.batch_max_events,
+                )
+                .await?;
             self.claimed_at = Some(Instant::now());
         }
         if entries.is_empty() {
-            let stream_keys: Vec<&String> = keys.keys().collect();
-            let ids: Vec<&str> = vec![">"; stream_keys.len()];
-            let per_stream = (self.limits.batch_max_events / stream_keys.len()).max(1);
-            let options = StreamReadOptions::default()
-                .group(CONSUMER_GROUP, &self.consumer)
-                .count(per_stream)
-                .block(self.limits.read_block_ms);
-            let reply: Option<StreamReadReply> =
-                conn.xread_options(&stream_keys, &ids, &options).await?;
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let key = stream.key;
-                entries.extend(stream.ids.into_iter().map(|e| (key.clone(), e)));
-            }
+            let per_stream = (self.limits.batch_max_events / self.skus.len()).max(1);
+            entries = self
+                .consumer
+                .read_new(&self.skus, per_stream, self.limits.read_block_ms)
+                .await?;
         }
-        drop(conn);
         if entries.is_empty() {
             return Ok(ApplyReport::default());
         }
@@ -184,29 +144,29 @@ impl Worker {
         // A dead consumer's claimed entries can arrive after newer ones were
         // applied, so applying deliveries as they come could leave a gap.
         let mut delivered: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
-        let mut acks: HashMap<String, Vec<String>> = HashMap::new();
-        for (key, entry) in &entries {
-            let Some(sku) = keys.get(key) else { continue };
-            match parse_event(&entry.id, &entry.map) {
+        let mut acks: BTreeMap<SkuId, Vec<Position>> = BTreeMap::new();
+        for entry in entries {
+            let (sku, id) = (entry.sku, entry.position.stream_id());
+            match entry.event {
                 Ok(event) => delivered.entry(sku.clone()).or_default().push(event),
-                Err(error) => tracing::error!(%sku, id = %entry.id, %error, "unreadable event"),
+                Err(error) => tracing::error!(%sku, %id, %error, "unreadable event"),
             }
-            acks.entry(key.clone()).or_default().push(entry.id.clone());
+            acks.entry(sku).or_default().push(entry.position);
         }
         for events in delivered.values_mut() {
             events.sort_by_key(|e| e.position);
         }
-        let report = self.apply_up_to(delivered).await?;
+        let (report, unknown) = self.apply_up_to(delivered).await?;
+        // An event leaves the stream only once the ledger has it: events of
+        // a SKU the ledger does not know stay pending.
+        self.app.set_unknown_skus(unknown.clone());
+        acks.retain(|sku, _| !unknown.contains(sku));
 
-        let mut conn = self.pool.get().await?;
-        for (key, ids) in &acks {
-            let _: u64 = conn.xack(key, CONSUMER_GROUP, ids).await?;
+        for (sku, positions) in &acks {
+            self.consumer.ack(sku, positions).await?;
         }
-        drop(conn);
-        for (key, sku) in &keys {
-            if acks.contains_key(key) {
-                self.app.gate.trim_events(sku).await?;
-            }
+        for sku in acks.keys() {
+            self.app.gate.trim_events(sku).await?;
         }
         Ok(report)
     }
@@ -217,15 +177,17 @@ impl Worker {
     /// The delivered events themselves are applied when they follow the
     /// ledger's position without a gap (positions within an epoch count up
     /// by one), which is the common case; otherwise the stream is read again.
+    /// Returns what was applied and the SKUs the ledger does not know.
     async fn apply_up_to(
         &self,
         mut delivered: BTreeMap<SkuId, Vec<Event>>,
-    ) -> Result<ApplyReport, WorkerError> {
+    ) -> Result<(ApplyReport, BTreeSet<SkuId>), WorkerError> {
         let targets: BTreeMap<SkuId, Position> = delivered
             .iter()
             .filter_map(|(sku, events)| Some((sku.clone(), events.last()?.position)))
             .collect();
         let mut total = ApplyReport::default();
+        let mut unknown = BTreeSet::new();
         let per_sku = (self.limits.batch_max_events / targets.len().max(1)).max(100);
         loop {
             let skus: Vec<SkuId> = targets.keys().cloned().collect();
@@ -233,6 +195,9 @@ impl Worker {
             let mut batch: BTreeMap<SkuId, Vec<Event>> = BTreeMap::new();
             for (sku, target) in &targets {
                 let Some(from) = applied.get(sku).copied() else {
+                    if unknown.insert(sku.clone()) {
+                        tracing::error!(%sku, "events of a SKU the ledger does not know: not acknowledged");
+                    }
                     continue;
                 };
                 if from >= *target {
@@ -252,10 +217,17 @@ impl Worker {
                 }
             }
             if batch.is_empty() {
-                return Ok(total);
+                return Ok((total, unknown));
             }
             let started = Instant::now();
-            let report = self.app.ledger.apply(&batch).await?;
+            let report = match self.app.ledger.apply(&batch).await {
+                Ok(report) => report,
+                Err(error) if error.is_unavailable() => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "batch refused; applying SKU by SKU");
+                    self.apply_isolated(batch.clone()).await?
+                }
+            };
             metrics::histogram!("dropgate_worker_commit_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -266,14 +238,48 @@ impl Worker {
             metrics::histogram!("dropgate_worker_batch_events")
                 .record(batch.values().map(Vec::len).sum::<usize>() as f64);
             if let Some(oldest) = batch.values().flatten().map(|e| e.occurred_at_ms).min() {
-                let lag_ms = (now_ms() - oldest).max(0);
+                let lag_ms = (self.app.now_ms() - oldest).max(0);
                 metrics::gauge!("dropgate_commit_lag_seconds").set(lag_ms as f64 / 1000.0);
             }
             self.app.applied(&report).await?;
-            total.applied += report.applied;
-            total.skipped += report.skipped;
-            total.lost.extend(report.lost);
+            total.merge(report);
         }
+    }
+
+    /// Applies a refused batch SKU by SKU, and a refused SKU event by event,
+    /// so one bad event stops neither its SKU nor the others: an event the
+    /// ledger refuses on its own is set aside as a dead letter.
+    async fn apply_isolated(
+        &self,
+        batch: BTreeMap<SkuId, Vec<Event>>,
+    ) -> Result<ApplyReport, WorkerError> {
+        let mut total = ApplyReport::default();
+        for (sku, events) in batch {
+            let whole = BTreeMap::from([(sku.clone(), events.clone())]);
+            match self.app.ledger.apply(&whole).await {
+                Ok(report) => total.merge(report),
+                Err(error) if error.is_unavailable() => return Err(error.into()),
+                Err(_) => {
+                    for event in events {
+                        let one = BTreeMap::from([(sku.clone(), vec![event.clone()])]);
+                        match self.app.ledger.apply(&one).await {
+                            Ok(report) => total.merge(report),
+                            Err(error) if error.is_unavailable() => return Err(error.into()),
+                            Err(error) => {
+                                let reason = error.to_string();
+                                if self.app.ledger.dead_letter(&sku, &event, &reason).await? {
+                                    metrics::counter!("dropgate_ledger_dead_letters_total")
+                                        .increment(1);
+                                    tracing::error!(%sku, event_id = %event.event_id, %reason,
+                                        "event set aside as a dead letter");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn refresh_skus(&mut self) -> Result<(), WorkerError> {
@@ -290,21 +296,10 @@ impl Worker {
 
 /// True when `events` start right after `from` and leave no gap.
 fn follows(from: Position, events: &[Event]) -> bool {
-    let next = |p: Position| Position {
-        epoch: p.epoch,
-        seq: p.seq + 1,
-    };
-    events.first().is_some_and(|e| e.position == next(from))
+    events.first().is_some_and(|e| e.position == from.next())
         && events
             .windows(2)
-            .all(|w| w[1].position == next(w[0].position))
-}
-
-/// Counts what an apply did, whoever applied (worker or inline confirm).
-pub fn record_apply(report: &ApplyReport) {
-    metrics::counter!("dropgate_ledger_events_applied_total").increment(report.applied);
-    metrics::counter!("dropgate_ledger_events_skipped_total").increment(report.skipped);
-    metrics::counter!("dropgate_ledger_holds_lost_total").increment(report.lost.len() as u64);
+            .all(|w| w[1].position == w[0].position.next())
 }
 
 #[cfg(test)]
@@ -318,7 +313,7 @@ mod tests {
             event_id: uuid::Uuid::new_v4(),
             occurred_at_ms: 0,
             change: Change::Settle {
-                hold_id: HoldId::generate(1, 0),
+                hold_id: HoldId::new(1, 0, [0; 16]),
                 to: HoldState::Released,
                 quantity: 1,
             },

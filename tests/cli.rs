@@ -63,6 +63,13 @@ fn a_bad_value_stops_start_up_with_one_line_naming_it() {
         assert_eq!(output.status.code(), Some(2), "{name}");
         assert_eq!(stderr(&output), expected, "{name}");
     }
+    let output = dropgate(&["serve"], &[("DROPGATE_REDIS_DOWN", "fallback")]);
+    assert_eq!(output.status.code(), Some(2));
+    let line = stderr(&output);
+    assert!(
+        line.starts_with("DROPGATE_REDIS_DOWN: fallback was removed") && line.lines().count() == 1,
+        "{line}"
+    );
     let output = dropgate(&["serve"], &[("DROPGATE_CUSTOMER_RPS", "ten")]);
     assert_eq!(output.status.code(), Some(2));
     let line = stderr(&output);

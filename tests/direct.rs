@@ -1,6 +1,6 @@
-//! Postgres-direct admission: the benchmark peer (`DROPGATE_ADMISSION=
-//! postgres`) and the fallback while Redis is away (`DROPGATE_REDIS_DOWN=
-//! fallback`). Same API, same guarantees.
+//! Postgres-direct admission, the benchmark peer (`DROPGATE_ADMISSION=
+//! postgres`): same API, same guarantees. And what happens instead of a
+//! fallback while Redis is away: 503, nothing admitted anywhere.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +8,7 @@ mod common;
 
 use common::process::RedisServer;
 use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
-use dropgate::config::{AdmissionMode, RedisDown};
+use dropgate::app::AdmissionMode;
 use futures::future::join_all;
 use serde_json::json;
 use std::time::Duration;
@@ -117,12 +117,11 @@ async fn postgres_admission_replays_limits_confirms_and_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn admission_falls_back_to_postgres_while_redis_is_away_and_never_oversells() {
+async fn while_redis_is_away_admissions_answer_503_and_nothing_is_admitted() {
     let mut redis = RedisServer::start();
     let mut config = test_config();
     config.stores.redis_url = redis.url();
     config.stores.store_timeout_ms = 500;
-    config.redis_down = RedisDown::Fallback;
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 60})).await;
     assert_eq!(held(&admit_all(&app, "drop", "a", 20).await), 20);
@@ -130,25 +129,28 @@ async fn admission_falls_back_to_postgres_while_redis_is_away_and_never_oversell
 
     redis.kill();
     let during = admit_all(&app, "drop", "b", 20).await;
-    assert_eq!(
-        held(&during),
-        20,
-        "Postgres admits while Redis is away: {during:?}"
+    assert!(
+        during.iter().all(|s| *s == 503),
+        "no store decides while the gate is away: {during:?}"
     );
-    assert_eq!(app.ledger_counts("drop").await, (60, 40, 0));
+    let response = app.admit("drop", "b0", "b0", 1).await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 503, "unavailable").await;
+    assert_eq!(app.ledger_counts("drop").await, (60, 20, 0));
 
+    // Restarted empty: the gate is rebuilt from the ledger, which has the
+    // first 20 holds, so exactly the 40 units left are admitted.
     redis.restart();
     let ready = async {
         for _ in 0..100 {
-            if app
+            let status = app
                 .client
                 .get(app.url("/readyz"))
                 .send()
                 .await
                 .unwrap()
-                .status()
-                == 200
-            {
+                .status();
+            if status == 200 {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -159,13 +161,14 @@ async fn admission_falls_back_to_postgres_while_redis_is_away_and_never_oversell
         ready.await,
         "the reconciler rebuilt the gate from the ledger"
     );
-    let after = admit_all(&app, "drop", "c", 40).await;
-    assert_eq!(held(&after), 20, "exactly the units left, none twice");
+    let after = admit_all(&app, "drop", "c", 60).await;
+    assert_eq!(held(&after), 40, "exactly the units left, none twice");
     let sku = app.sku("drop").await;
     assert_eq!(
         (sku["held"].as_i64(), sku["available"].as_i64()),
         (Some(60), Some(0))
     );
+    app.wait_for_ledger("drop").await;
     let report = dropgate::audit::audit(&app.app).await.unwrap();
     assert!(report.ok(), "{}", report.table());
     assert_eq!(app.ledger_counts("drop").await, (60, 60, 0));

@@ -1,54 +1,37 @@
-//! Direct tests of the Lua scripts in `lua/`, independent of the Rust gate:
-//! each test crafts its keys under a fresh prefix in the real Redis, runs a
-//! script the way `src/gate` does (hold_lib.lua prepended where the gate
-//! prepends it), and checks the reply and every key it touched with exact
-//! numbers.
+//! Direct tests of the Lua scripts in `lua/`, one SKU at a time: each test
+//! runs the scripts through the gate's typed requests (`dropgate::gate`)
+//! under a fresh key prefix in the real Redis, and checks the typed reply and
+//! every key the script touched, read back on a connection of its own, with
+//! exact numbers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use dropgate::domain::{
+    Admission, AdmittedKey, CustomerId, HoldId, HoldState, IdempotencyKey, LiveHold, Position,
+    Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot, Stock, IDEMPOTENCY_TTL_MS,
+};
+use dropgate::gate::{
+    Admit, Expire, Expired, Extend, Fenced, Gate, GateError, GateHold, SetSku, Settle, Settlement,
+    SkuChange, StockChange, Transition, CONSUMER_GROUP,
+};
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamInfoGroupsReply, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Script, ScriptInvocation, Value};
+use redis::streams::StreamInfoGroupsReply;
+use redis::AsyncCommands;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::time::Duration;
 use uuid::Uuid;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
-const HOLD_LIB: &str = include_str!("../lua/hold_lib.lua");
-const GROUP: &str = "ledger";
+const GROUP: &str = CONSUMER_GROUP;
 /// Scripts take the clock as an argument, so every test runs at a fixed now.
 const NOW: i64 = 1_700_000_000_000;
 const EPOCH: i64 = 7;
-const SKU_NO: i64 = 42;
+const SKU_NO: u32 = 42;
 const TTL: i64 = 60_000;
-const IDEM_TTL: i64 = 86_400_000;
+const IDEM_TTL: i64 = IDEMPOTENCY_TTL_MS;
 /// hold_lib.lua's SETTLED_HOLD_TTL_MS.
 const SETTLED_TTL: i64 = 3_600_000;
 const NO_BACKLOG_LIMIT: i64 = 1_000_000;
-
-fn with_hold_lib(body: &str) -> Script {
-    Script::new(&format!("{HOLD_LIB}\n{body}"))
-}
-
-static SET_SKU: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/set_sku.lua")));
-static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/admit.lua")));
-static CONFIRM: LazyLock<Script> =
-    LazyLock::new(|| with_hold_lib(include_str!("../lua/confirm.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| with_hold_lib(include_str!("../lua/release.lua")));
-static EXTEND: LazyLock<Script> =
-    LazyLock::new(|| with_hold_lib(include_str!("../lua/extend.lua")));
-static EXPIRE: LazyLock<Script> =
-    LazyLock::new(|| with_hold_lib(include_str!("../lua/expire.lua")));
-static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/trim.lua")));
-
-/// `strs![a, 1, b]`: a script reply as text, for exact comparison.
-macro_rules! strs {
-    ($($v:expr),* $(,)?) => {
-        vec![$($v.to_string()),*]
-    };
-}
 
 /// `fields! {"t" => "admit", "q" => 1}`: a hash or stream entry as text.
 macro_rules! fields {
@@ -59,100 +42,81 @@ macro_rules! fields {
 
 type Fields = BTreeMap<String, String>;
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
 fn fresh_id() -> String {
     Uuid::new_v4().to_string()
 }
 
-fn stream_id(seq: u64) -> String {
+fn hold_id(created_ms: i64) -> HoldId {
+    HoldId::new(SKU_NO, created_ms, *Uuid::new_v4().as_bytes())
+}
+
+fn customer(id: &str) -> CustomerId {
+    CustomerId::parse(id).unwrap()
+}
+
+fn key(key: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(key).unwrap()
+}
+
+fn stream_id(seq: i64) -> String {
     format!("{EPOCH}-{seq}")
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    on_hand: i64,
-    limit: i64,
-    ttl_ms: i64,
-    max_ext: i64,
+fn position(seq: i64) -> Position {
+    Position { epoch: EPOCH, seq }
 }
 
-const SETTINGS: Settings = Settings {
+fn settings(on_hand: i64, limit: i64, ttl_ms: i64, max_ext: i64) -> SkuSettings {
+    SkuSettings {
+        on_hand,
+        per_customer_limit: limit,
+        hold_ttl_ms: ttl_ms,
+        max_extensions: max_ext,
+    }
+}
+
+const SETTINGS: SkuSettings = SkuSettings {
     on_hand: 10,
-    limit: 0,
-    ttl_ms: TTL,
-    max_ext: 2,
+    per_customer_limit: 0,
+    hold_ttl_ms: TTL,
+    max_extensions: 2,
 };
 
-/// Arguments of set_sku.lua.
-struct SetSku {
-    mode: &'static str,
-    amount: i64,
-    settings: Option<Settings>,
-    epoch: i64,
-    sku_no: i64,
-}
-
-fn put(settings: Settings) -> SetSku {
-    SetSku {
-        mode: "put",
-        amount: settings.on_hand,
-        settings: Some(settings),
-        epoch: EPOCH,
-        sku_no: SKU_NO,
+/// What set_sku.lua replies with for a SKU created or updated.
+fn figures(stock: [i64; 3], limit: i64, ttl_ms: i64, max_ext: i64) -> SkuFigures {
+    let [on_hand, held, sold] = stock;
+    SkuFigures {
+        stock: Stock {
+            on_hand,
+            held,
+            sold,
+        },
+        per_customer_limit: limit,
+        hold_ttl_ms: ttl_ms,
+        max_extensions: max_ext,
     }
 }
 
-fn adjust(delta: i64) -> SetSku {
-    SetSku {
-        mode: "adjust",
-        amount: delta,
-        settings: None,
-        epoch: EPOCH,
-        sku_no: 0,
-    }
+/// A client's hold operation, as the transition scripts run it.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Confirm,
+    Release,
+    Extend,
 }
 
-/// Arguments of admit.lua.
-struct Admit<'a> {
-    key: &'a str,
-    customer: &'a str,
-    qty: i64,
-    fingerprint: &'a str,
-    now: i64,
-    backlog_limit: i64,
-}
-
-fn admit_req<'a>(key: &'a str, customer: &'a str, qty: i64) -> Admit<'a> {
-    Admit {
-        key,
-        customer,
-        qty,
-        fingerprint: "fp-1",
-        now: NOW,
-        backlog_limit: NO_BACKLOG_LIMIT,
-    }
-}
-
-/// One script call: its reply, and the ids it was given.
-struct Call {
-    reply: Vec<String>,
-    event: String,
-    hold: String,
+/// How a transition that changes nothing answers.
+#[derive(Debug, Clone, Copy)]
+enum Inert {
+    Same,
+    Conflict,
 }
 
 /// A live hold as admitted, to build the replies of the transition scripts.
 #[derive(Debug, Clone)]
 struct Held {
-    hold: String,
-    admit_event: String,
+    hold: HoldId,
+    admit_event: Uuid,
     customer: String,
     qty: i64,
     expires: i64,
@@ -161,18 +125,30 @@ struct Held {
 }
 
 impl Held {
-    /// confirm/release/extend reply: outcome, the hold, the event position.
-    fn reply(&self, outcome: &str, state: &str, position: &str) -> Vec<String> {
-        strs![
-            outcome,
+    /// The hold as a transition script replies with it, in `state`.
+    fn gate_hold(&self, state: HoldState) -> GateHold {
+        GateHold {
             state,
-            self.customer,
-            self.qty,
-            self.expires,
-            self.extensions,
-            self.created,
-            position
-        ]
+            customer_id: self.customer.clone(),
+            quantity: self.qty,
+            expires_at_ms: self.expires,
+            extensions: self.extensions,
+            created_ms: self.created,
+        }
+    }
+
+    fn done(&self, state: HoldState, seq: i64) -> Fenced<Transition> {
+        Fenced::Open(Transition::Done {
+            hold: self.gate_hold(state),
+            position: position(seq),
+        })
+    }
+
+    fn conflict(&self, state: HoldState, seq: Option<i64>) -> Fenced<Transition> {
+        Fenced::Open(Transition::Conflict {
+            hold: self.gate_hold(state),
+            position: seq.map(position),
+        })
     }
 
     /// The hold hash as the scripts keep it, in `state`.
@@ -190,12 +166,16 @@ impl Held {
     }
 }
 
-/// One test's corner of Redis: a unique key prefix and one SKU under it.
-/// Its keys are deleted by `finish`, or on drop if the test fails first.
+/// One test's corner of Redis: a unique key prefix, a gate on it and one SKU
+/// under it. Its keys are deleted by `finish`, or on drop if the test fails
+/// first.
 struct Lab {
+    gate: Gate,
+    /// The test's own connection, to read back what the scripts wrote.
     conn: MultiplexedConnection,
     prefix: String,
     base: String,
+    sku: SkuId,
     cleaned: bool,
 }
 
@@ -207,11 +187,14 @@ impl Lab {
             .await
             .expect("redis at 127.0.0.1:6379");
         let prefix = format!("lt{}", Uuid::new_v4().simple());
+        let gate = Gate::connect(REDIS_URL, &prefix, Duration::from_secs(5)).expect("a gate");
         let base = format!("{prefix}:{{sku-1}}:");
         Self {
+            gate,
             conn,
             prefix,
             base,
+            sku: SkuId::parse("sku-1").unwrap(),
             cleaned: false,
         }
     }
@@ -221,93 +204,77 @@ impl Lab {
         format!("{}{suffix}", self.base)
     }
 
-    fn hold_key(&self, hold: &str) -> String {
+    fn hold_key(&self, hold: HoldId) -> String {
         self.key(&format!("h:{hold}"))
     }
 
-    async fn run(&mut self, invocation: &ScriptInvocation<'_>) -> Vec<String> {
-        let value: Value = invocation
-            .invoke_async(&mut self.conn)
-            .await
-            .expect("the script runs");
-        match value {
-            Value::Array(items) => items.iter().map(text).collect(),
-            other => vec![text(&other)],
+    // ---- the scripts, through the gate's requests ----
+
+    fn put(&self, settings: SkuSettings) -> SetSku {
+        let change = StockChange::Put {
+            settings,
+            sku_no: SKU_NO,
+        };
+        SetSku::new(self.sku.clone(), change, "stocktake", EPOCH, NOW)
+    }
+
+    fn adjust(&self, delta: i64) -> SetSku {
+        let change = StockChange::Adjust { delta };
+        SetSku::new(self.sku.clone(), change, "stocktake", EPOCH, NOW)
+    }
+
+    async fn set_sku(&self, request: &SetSku) -> Fenced<SkuChange> {
+        self.gate.set_sku(request).await.expect("set_sku runs")
+    }
+
+    async fn create(&self, settings: SkuSettings) {
+        let created = self.set_sku(&self.put(settings)).await;
+        assert!(
+            matches!(created, Fenced::Open(SkuChange::Created(_))),
+            "{created:?}"
+        );
+    }
+
+    /// An admission as the service makes it, at NOW, with fingerprint
+    /// `fp-1` and no practical backlog limit.
+    fn admit_req(&self, idempotency_key: &str, customer_id: &str, qty: i64) -> Admit {
+        Admit {
+            fingerprint: "fp-1".to_owned(),
+            backlog_limit: NO_BACKLOG_LIMIT,
+            ..Admit::new(
+                self.sku.clone(),
+                hold_id(NOW),
+                customer(customer_id),
+                Quantity::parse(qty).unwrap(),
+                key(idempotency_key),
+                NOW,
+            )
         }
     }
 
-    // ---- the scripts, called as src/gate calls them ----
-
-    async fn set_sku(&mut self, args: SetSku) -> Call {
-        let event = fresh_id();
-        let settings = args
-            .settings
-            .map(|s| strs![s.limit, s.ttl_ms, s.max_ext])
-            .unwrap_or_else(|| strs!["", "", ""]);
-        let mut invocation = SET_SKU.prepare_invoke();
-        invocation
-            .key(self.key("stock"))
-            .key(self.key("events"))
-            .arg(args.mode)
-            .arg(args.amount)
-            .arg(settings)
-            .arg(&event)
-            .arg(NOW)
-            .arg(args.epoch)
-            .arg(args.sku_no)
-            .arg("stocktake")
-            .arg(GROUP);
-        let reply = self.run(&invocation).await;
-        Call {
-            reply,
-            event,
-            hold: String::new(),
-        }
-    }
-
-    async fn create(&mut self, settings: Settings) {
-        let created = self.set_sku(put(settings)).await;
-        assert_eq!(created.reply[0], "created");
-    }
-
-    async fn admit(&mut self, req: Admit<'_>) -> Call {
-        let (hold, event) = (fresh_id(), fresh_id());
-        let mut invocation = ADMIT.prepare_invoke();
-        invocation
-            .key(self.key("stock"))
-            .key(self.key(&format!("i:{}", req.key)))
-            .key(self.key(&format!("c:{}", req.customer)))
-            .key(self.hold_key(&hold))
-            .key(self.key("expiry"))
-            .key(self.key("events"))
-            .arg(&hold)
-            .arg(&event)
-            .arg(req.customer)
-            .arg(req.qty)
-            .arg(req.now)
-            .arg(req.fingerprint)
-            .arg(IDEM_TTL)
-            .arg(req.key)
-            .arg(req.backlog_limit);
-        let reply = self.run(&invocation).await;
-        Call { reply, event, hold }
+    async fn admit(&self, request: &Admit) -> Fenced<Admission> {
+        self.gate.admit(request).await.expect("admit runs")
     }
 
     /// Admits a hold (fresh idempotency key) that must be held.
-    async fn hold_for(&mut self, customer: &str, qty: i64, now: i64) -> Held {
-        let key = fresh_id();
-        let call = self
-            .admit(Admit {
-                now,
-                ..admit_req(&key, customer, qty)
-            })
-            .await;
+    async fn hold_for(&self, customer_id: &str, qty: i64, now: i64) -> Held {
+        let request = Admit {
+            now_ms: now,
+            hold_id: hold_id(now),
+            ..self.admit_req(&fresh_id(), customer_id, qty)
+        };
         let expires = now + TTL;
-        assert_eq!(call.reply, strs!["held", call.hold, expires]);
+        assert_eq!(
+            self.admit(&request).await,
+            Fenced::Open(Admission::Held {
+                hold_id: request.hold_id,
+                expires_at_ms: expires
+            })
+        );
         Held {
-            hold: call.hold,
-            admit_event: call.event,
-            customer: customer.to_owned(),
+            hold: request.hold_id,
+            admit_event: request.event_id,
+            customer: customer_id.to_owned(),
             qty,
             expires,
             extensions: 0,
@@ -315,40 +282,54 @@ impl Lab {
         }
     }
 
-    /// confirm.lua, release.lua or extend.lua.
-    async fn transition(&mut self, script: &Script, hold: &str, now: i64) -> Call {
-        let event = fresh_id();
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.hold_key(hold))
-            .arg(&self.base)
-            .arg(hold)
-            .arg(&event)
-            .arg(now);
-        let reply = self.run(&invocation).await;
-        Call {
-            reply,
-            event,
-            hold: hold.to_owned(),
-        }
+    /// settle.lua (confirm, release) or extend.lua; the reply and the event
+    /// id the call was given.
+    async fn transition(&self, op: Op, hold: HoldId, now: i64) -> (Fenced<Transition>, Uuid) {
+        let sku = self.sku.clone();
+        let (reply, event) = match op {
+            Op::Confirm | Op::Release => {
+                let to = match op {
+                    Op::Confirm => Settlement::Confirm,
+                    _ => Settlement::Release,
+                };
+                let request = Settle::new(sku, hold, to, now);
+                (self.gate.settle(&request).await, request.event_id)
+            }
+            Op::Extend => {
+                let request = Extend::new(sku, hold, now);
+                (self.gate.extend(&request).await, request.event_id)
+            }
+        };
+        (reply.expect("the transition runs"), event)
+    }
+
+    /// A transition that must be done now.
+    async fn done(&self, op: Op, hold: HoldId, now: i64) {
+        let (reply, _) = self.transition(op, hold, now).await;
+        assert!(
+            matches!(reply, Fenced::Open(Transition::Done { .. })),
+            "{op:?}: {reply:?}"
+        );
+    }
+
+    /// An admission that must hold units.
+    async fn admit_held(&self, request: &Admit) {
+        let held = Admission::Held {
+            hold_id: request.hold_id,
+            expires_at_ms: request.now_ms + TTL,
+        };
+        assert_eq!(self.admit(request).await, Fenced::Open(held));
     }
 
     /// expire.lua with `batch` event ids; returns the reply and the ids.
-    async fn expire(&mut self, now: i64, batch: usize) -> (Vec<String>, Vec<String>) {
-        let events: Vec<String> = (0..batch).map(|_| fresh_id()).collect();
-        let mut invocation = EXPIRE.prepare_invoke();
-        invocation
-            .key(self.key("expiry"))
-            .arg(&self.base)
-            .arg(now)
-            .arg(&events);
-        (self.run(&invocation).await, events)
+    async fn expire(&self, now: i64, batch: usize) -> (Fenced<Expired>, Vec<Uuid>) {
+        let request = Expire::new(self.sku.clone(), batch, now);
+        let reply = self.gate.expire(&request).await.expect("expire runs");
+        (reply, request.event_ids)
     }
 
-    async fn trim(&mut self) -> Vec<String> {
-        let mut invocation = TRIM.prepare_invoke();
-        invocation.key(self.key("events")).arg(GROUP);
-        self.run(&invocation).await
+    async fn trim(&self) -> u64 {
+        self.gate.trim_events(&self.sku).await.expect("trim runs")
     }
 
     // ---- reading and crafting state ----
@@ -381,14 +362,17 @@ impl Lab {
         self.conn.pttl(key).await.expect("PTTL")
     }
 
-    async fn expiry_score(&mut self, hold: &str) -> Option<i64> {
+    async fn expiry_score(&mut self, hold: HoldId) -> Option<i64> {
         let key = self.key("expiry");
-        self.conn.zscore(key, hold).await.expect("ZSCORE")
+        self.conn
+            .zscore(key, hold.to_string())
+            .await
+            .expect("ZSCORE")
     }
 
-    async fn zadd(&mut self, hold: &str, score: i64) {
+    async fn zadd(&mut self, member: &str, score: i64) {
         let key = self.key("expiry");
-        let _: i64 = self.conn.zadd(key, hold, score).await.expect("ZADD");
+        let _: i64 = self.conn.zadd(key, member, score).await.expect("ZADD");
     }
 
     async fn events(&mut self) -> Vec<(String, Fields)> {
@@ -409,28 +393,15 @@ impl Lab {
         self.events().await.into_iter().map(|(id, _)| id).collect()
     }
 
-    /// XREADGROUP of everything not yet delivered; returns the ids.
-    async fn read_group(&mut self) -> Vec<String> {
-        let key = self.key("events");
-        let options = StreamReadOptions::default()
-            .group(GROUP, "worker-1")
-            .count(100);
-        let reply: StreamReadReply = self
-            .conn
-            .xread_options(&[key], &[">"], &options)
-            .await
-            .expect("XREADGROUP");
-        reply
-            .keys
+    /// The commit worker's group on the stream: (name, last delivered, pending).
+    async fn groups(&mut self) -> Vec<(String, String, usize)> {
+        let events = self.key("events");
+        let groups: StreamInfoGroupsReply = self.conn.xinfo_groups(events).await.expect("XINFO");
+        groups
+            .groups
             .into_iter()
-            .flat_map(|k| k.ids)
-            .map(|entry| entry.id)
+            .map(|g| (g.name, g.last_delivered_id, g.pending))
             .collect()
-    }
-
-    async fn ack(&mut self, ids: &[&str]) {
-        let key = self.key("events");
-        let _: i64 = self.conn.xack(key, GROUP, ids).await.expect("XACK");
     }
 
     async fn keys(&mut self) -> Vec<String> {
@@ -517,16 +488,14 @@ fn assert_recent_ttl(pttl: i64, ttl: i64) {
 #[tokio::test]
 async fn set_sku_creates_the_stock_hash_the_stream_and_the_ledger_group() {
     let mut lab = Lab::new().await;
-    let settings = Settings {
-        on_hand: 10,
-        limit: 2,
-        ttl_ms: 60_000,
-        max_ext: 1,
-    };
+    let request = lab.put(settings(10, 2, 60_000, 1));
 
-    let call = lab.set_sku(put(settings)).await;
+    let reply = lab.set_sku(&request).await;
 
-    assert_eq!(call.reply, strs!["created", 10, 0, 0, 2, 60_000, 1]);
+    assert_eq!(
+        reply,
+        Fenced::Open(SkuChange::Created(figures([10, 0, 0], 2, 60_000, 1)))
+    );
     let stock = lab.key("stock");
     assert_eq!(
         lab.hash(&stock).await,
@@ -537,18 +506,14 @@ async fn set_sku_creates_the_stock_hash_the_stream_and_the_ledger_group() {
         lab.events().await,
         vec![(
             stream_id(0),
-            fields! {"t" => "adjust", "i" => call.event, "m" => NOW, "d" => 10, "l" => 2,
+            fields! {"t" => "adjust", "i" => request.event_id, "m" => NOW, "d" => 10, "l" => 2,
             "ttl" => 60_000, "x" => 1, "r" => "stocktake"}
         )]
     );
-    let events = lab.key("events");
-    let groups: StreamInfoGroupsReply = lab.conn.xinfo_groups(events).await.expect("XINFO");
-    let groups: Vec<_> = groups
-        .groups
-        .iter()
-        .map(|g| (g.name.as_str(), g.last_delivered_id.as_str(), g.pending))
-        .collect();
-    assert_eq!(groups, [(GROUP, "0-0", 0)]);
+    assert_eq!(
+        lab.groups().await,
+        [(GROUP.to_owned(), "0-0".to_owned(), 0)]
+    );
     lab.finish().await;
 }
 
@@ -556,22 +521,21 @@ async fn set_sku_creates_the_stock_hash_the_stream_and_the_ledger_group() {
 async fn set_sku_put_replaces_the_settings_and_keeps_epoch_and_sku_number() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let settings = Settings {
-        on_hand: 15,
-        limit: 3,
-        ttl_ms: 30_000,
-        max_ext: 4,
+    let request = SetSku {
+        epoch: EPOCH + 2,
+        change: StockChange::Put {
+            settings: settings(15, 3, 30_000, 4),
+            sku_no: SKU_NO + 1,
+        },
+        ..lab.put(SETTINGS)
     };
 
-    let call = lab
-        .set_sku(SetSku {
-            epoch: EPOCH + 2,
-            sku_no: SKU_NO + 1,
-            ..put(settings)
-        })
-        .await;
+    let reply = lab.set_sku(&request).await;
 
-    assert_eq!(call.reply, strs!["updated", 15, 0, 0, 3, 30_000, 4]);
+    assert_eq!(
+        reply,
+        Fenced::Open(SkuChange::Updated(figures([15, 0, 0], 3, 30_000, 4)))
+    );
     let stock = lab.key("stock");
     assert_eq!(
         lab.hash(&stock).await,
@@ -583,7 +547,7 @@ async fn set_sku_put_replaces_the_settings_and_keeps_epoch_and_sku_number() {
         lab.last_event().await,
         (
             stream_id(1),
-            fields! {"t" => "adjust", "i" => call.event, "m" => NOW, "d" => 5, "l" => 3,
+            fields! {"t" => "adjust", "i" => request.event_id, "m" => NOW, "d" => 5, "l" => 3,
             "ttl" => 30_000, "x" => 4, "r" => "stocktake"}
         )
     );
@@ -596,20 +560,27 @@ async fn set_sku_adjust_moves_on_hand_by_the_delta_and_keeps_the_settings() {
     lab.create(SETTINGS).await;
     lab.hold_for("alice", 2, NOW).await;
 
-    let call = lab.set_sku(adjust(-3)).await;
+    let request = lab.adjust(-3);
+    let reply = lab.set_sku(&request).await;
 
-    assert_eq!(call.reply, strs!["updated", 7, 2, 0, 0, TTL, 2]);
+    assert_eq!(
+        reply,
+        Fenced::Open(SkuChange::Updated(figures([7, 2, 0], 0, TTL, 2)))
+    );
     assert_eq!(lab.counters().await, [7, 2, 0]);
     assert_eq!(
         lab.last_event().await,
         (
             stream_id(2),
-            fields! {"t" => "adjust", "i" => call.event, "m" => NOW, "d" => -3, "l" => 0,
+            fields! {"t" => "adjust", "i" => request.event_id, "m" => NOW, "d" => -3, "l" => 0,
             "ttl" => TTL, "x" => 2, "r" => "stocktake"}
         )
     );
-    let call = lab.set_sku(adjust(5)).await;
-    assert_eq!(call.reply, strs!["updated", 12, 2, 0, 0, TTL, 2]);
+    let reply = lab.set_sku(&lab.adjust(5)).await;
+    assert_eq!(
+        reply,
+        Fenced::Open(SkuChange::Updated(figures([12, 2, 0], 0, TTL, 2)))
+    );
     assert_eq!(lab.counters().await, [12, 2, 0]);
     assert_eq!(lab.xlen().await, 4);
     lab.finish().await;
@@ -623,17 +594,22 @@ async fn set_sku_refuses_on_hand_below_held_plus_sold_and_writes_nothing() {
     lab.hset(&stock, &[("held", 3), ("sold", 4)]).await;
     let before = lab.snapshot().await;
 
-    let by_delta = lab.set_sku(adjust(-4)).await;
+    let by_delta = lab.set_sku(&lab.adjust(-4)).await;
     let by_put = lab
-        .set_sku(put(Settings {
+        .set_sku(&lab.put(SkuSettings {
             on_hand: 6,
-            limit: 9,
+            per_customer_limit: 9,
             ..SETTINGS
         }))
         .await;
 
-    assert_eq!(by_delta.reply, strs!["conflict", 6, 3, 4]);
-    assert_eq!(by_put.reply, strs!["conflict", 6, 3, 4]);
+    let conflict = Fenced::Open(SkuChange::Conflict {
+        requested: 6,
+        held: 3,
+        sold: 4,
+    });
+    assert_eq!(by_delta, conflict);
+    assert_eq!(by_put, conflict);
     assert_eq!(
         lab.snapshot().await,
         before,
@@ -641,8 +617,11 @@ async fn set_sku_refuses_on_hand_below_held_plus_sold_and_writes_nothing() {
     );
     assert_eq!(lab.xlen().await, 1);
     // Exactly held + sold is allowed.
-    let call = lab.set_sku(adjust(-3)).await;
-    assert_eq!(call.reply, strs!["updated", 7, 3, 4, 0, TTL, 2]);
+    let reply = lab.set_sku(&lab.adjust(-3)).await;
+    assert_eq!(
+        reply,
+        Fenced::Open(SkuChange::Updated(figures([7, 3, 4], 0, TTL, 2)))
+    );
     lab.finish().await;
 }
 
@@ -651,15 +630,22 @@ async fn set_sku_refuses_a_negative_creation_and_adjusting_a_missing_sku() {
     let mut lab = Lab::new().await;
 
     let negative = lab
-        .set_sku(put(Settings {
+        .set_sku(&lab.put(SkuSettings {
             on_hand: -1,
             ..SETTINGS
         }))
         .await;
-    let missing = lab.set_sku(adjust(5)).await;
+    let missing = lab.set_sku(&lab.adjust(5)).await;
 
-    assert_eq!(negative.reply, strs!["conflict", -1, 0, 0]);
-    assert_eq!(missing.reply, strs!["no_sku"]);
+    assert_eq!(
+        negative,
+        Fenced::Open(SkuChange::Conflict {
+            requested: -1,
+            held: 0,
+            sold: 0
+        })
+    );
+    assert_eq!(missing, Fenced::Open(SkuChange::UnknownSku));
     assert_eq!(lab.keys().await, Vec::<String>::new(), "nothing written");
     lab.finish().await;
 }
@@ -670,24 +656,31 @@ async fn set_sku_refuses_a_negative_creation_and_adjusting_a_missing_sku() {
 async fn admit_holds_units_and_writes_hold_expiry_counter_record_and_event() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
+    let request = lab.admit_req("key-1", "alice", 2);
 
-    let call = lab.admit(admit_req("key-1", "alice", 2)).await;
+    let reply = lab.admit(&request).await;
 
-    let expires = NOW + TTL;
-    assert_eq!(call.reply, strs!["held", call.hold, expires]);
+    let (hold, expires) = (request.hold_id, NOW + TTL);
+    assert_eq!(
+        reply,
+        Fenced::Open(Admission::Held {
+            hold_id: hold,
+            expires_at_ms: expires
+        })
+    );
     assert_eq!(lab.counters().await, [10, 2, 0]);
-    let hold_key = lab.hold_key(&call.hold);
+    let hold_key = lab.hold_key(hold);
     assert_eq!(
         lab.hash(&hold_key).await,
         fields! {"s" => "held", "c" => "alice", "q" => 2, "e" => expires, "x" => 0, "t" => NOW,
-        "a" => call.event}
+        "a" => request.event_id}
     );
     assert_eq!(lab.pttl(&hold_key).await, -1, "a live hold does not expire");
-    assert_eq!(lab.expiry_score(&call.hold).await, Some(expires));
+    assert_eq!(lab.expiry_score(hold).await, Some(expires));
     assert_eq!(lab.get("c:alice").await.as_deref(), Some("2"));
     assert_eq!(
         lab.get("i:key-1").await,
-        Some(format!("fp-1|H|{}|{expires}", call.hold))
+        Some(format!("fp-1|H|{hold}|{expires}"))
     );
     let idem_key = lab.key("i:key-1");
     assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
@@ -695,10 +688,59 @@ async fn admit_holds_units_and_writes_hold_expiry_counter_record_and_event() {
         lab.last_event().await,
         (
             stream_id(1),
-            fields! {"t" => "admit", "i" => call.event, "h" => call.hold, "c" => "alice", "q" => 2,
-            "m" => NOW, "e" => expires, "k" => "key-1", "f" => "fp-1"}
+            fields! {"t" => "admit", "i" => request.event_id, "h" => hold, "c" => "alice",
+            "q" => 2, "m" => NOW, "e" => expires, "k" => "key-1", "f" => "fp-1"}
         )
     );
+    lab.finish().await;
+}
+
+#[tokio::test]
+async fn admit_fingerprints_the_customer_and_quantity_by_default() {
+    let mut lab = Lab::new().await;
+    lab.create(SETTINGS).await;
+    let request = Admit::new(
+        lab.sku.clone(),
+        hold_id(NOW),
+        customer("alice"),
+        Quantity::parse(1).unwrap(),
+        key("key-1"),
+        NOW,
+    );
+    let same = Admit {
+        hold_id: hold_id(NOW),
+        ..request.clone()
+    };
+    let other = Admit::new(
+        lab.sku.clone(),
+        hold_id(NOW),
+        customer("alice"),
+        Quantity::parse(2).unwrap(),
+        key("key-1"),
+        NOW,
+    );
+
+    let first = lab.admit(&request).await;
+    let replay = lab.admit(&same).await;
+    let reused = lab.admit(&other).await;
+
+    let held = Admission::Held {
+        hold_id: request.hold_id,
+        expires_at_ms: NOW + TTL,
+    };
+    assert_eq!(first, Fenced::Open(held.clone()));
+    assert_eq!(replay, Fenced::Open(Admission::Replayed(Box::new(held))));
+    assert_eq!(reused, Fenced::Open(Admission::KeyReused));
+    assert_eq!(
+        lab.get("i:key-1").await,
+        Some(format!(
+            "{}|H|{}|{}",
+            request.fingerprint,
+            request.hold_id,
+            NOW + TTL
+        ))
+    );
+    assert_eq!(lab.counters().await, [10, 1, 0]);
     lab.finish().await;
 }
 
@@ -706,27 +748,31 @@ async fn admit_holds_units_and_writes_hold_expiry_counter_record_and_event() {
 async fn admit_replays_the_same_body_and_refuses_another_body_without_writing() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let first = lab.admit(admit_req("key-1", "alice", 1)).await;
+    let first = lab.admit_req("key-1", "alice", 1);
+    lab.admit_held(&first).await;
     let before = lab.snapshot().await;
 
     let replay = lab
-        .admit(Admit {
-            now: NOW + 5_000,
-            ..admit_req("key-1", "alice", 1)
+        .admit(&Admit {
+            now_ms: NOW + 5_000,
+            ..lab.admit_req("key-1", "alice", 1)
         })
         .await;
     let reused = lab
-        .admit(Admit {
-            fingerprint: "fp-2",
-            ..admit_req("key-1", "alice", 1)
+        .admit(&Admit {
+            fingerprint: "fp-2".to_owned(),
+            ..lab.admit_req("key-1", "alice", 1)
         })
         .await;
 
     assert_eq!(
-        replay.reply,
-        strs!["replay", format!("H|{}|{}", first.hold, NOW + TTL)]
+        replay,
+        Fenced::Open(Admission::Replayed(Box::new(Admission::Held {
+            hold_id: first.hold_id,
+            expires_at_ms: NOW + TTL
+        })))
     );
-    assert_eq!(reused.reply, strs!["reused"]);
+    assert_eq!(reused, Fenced::Open(Admission::KeyReused));
     assert_eq!(lab.snapshot().await, before, "no second hold, no event");
     assert_eq!(lab.counters().await, [10, 1, 0]);
     assert_eq!(lab.xlen().await, 2);
@@ -736,33 +782,43 @@ async fn admit_replays_the_same_body_and_refuses_another_body_without_writing() 
 #[tokio::test]
 async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
     let mut lab = Lab::new().await;
-    lab.create(Settings {
+    lab.create(SkuSettings {
         on_hand: 1,
         ..SETTINGS
     })
     .await;
 
-    let nothing_held = lab.admit(admit_req("key-bob", "bob", 2)).await;
-    assert_eq!(nothing_held.reply, strs!["sold_out", 0]);
+    let nothing_held = lab.admit(&lab.admit_req("key-bob", "bob", 2)).await;
+    assert_eq!(
+        nothing_held,
+        Fenced::Open(Admission::SoldOut {
+            retry_after_ms: None
+        })
+    );
     assert_eq!(lab.get("i:key-bob").await.as_deref(), Some("fp-1|S|0"));
 
     let held = lab.hold_for("alice", 1, NOW).await;
     let mut expected = lab.snapshot().await;
     let soon = lab
-        .admit(Admit {
-            now: NOW + 1_000,
-            ..admit_req("key-carol", "carol", 1)
+        .admit(&Admit {
+            now_ms: NOW + 1_000,
+            ..lab.admit_req("key-carol", "carol", 1)
         })
         .await;
     let almost = lab
-        .admit(Admit {
-            now: NOW + TTL - 500,
-            ..admit_req("key-dave", "dave", 1)
+        .admit(&Admit {
+            now_ms: NOW + TTL - 500,
+            ..lab.admit_req("key-dave", "dave", 1)
         })
         .await;
 
-    assert_eq!(soon.reply, strs!["sold_out", TTL - 1_000]);
-    assert_eq!(almost.reply, strs!["sold_out", 1_000], "at least a second");
+    let sold_out = |ms| {
+        Fenced::Open(Admission::SoldOut {
+            retry_after_ms: Some(ms),
+        })
+    };
+    assert_eq!(soon, sold_out(TTL - 1_000));
+    assert_eq!(almost, sold_out(1_000), "at least a second");
     let idem_key = lab.key("i:key-carol");
     assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
     // Only the two outcome records were written.
@@ -773,26 +829,36 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
 
     // Held units without an expiry entry: a second, not zero.
     let expiry = lab.key("expiry");
-    let _: i64 = lab.conn.zrem(expiry, &held.hold).await.expect("ZREM");
-    let unindexed = lab.admit(admit_req("key-erin", "erin", 1)).await;
-    assert_eq!(unindexed.reply, strs!["sold_out", 1_000]);
+    let _: i64 = lab
+        .conn
+        .zrem(expiry, held.hold.to_string())
+        .await
+        .expect("ZREM");
+    let unindexed = lab.admit(&lab.admit_req("key-erin", "erin", 1)).await;
+    assert_eq!(unindexed, sold_out(1_000));
     lab.finish().await;
 }
 
 #[tokio::test]
 async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
     let mut lab = Lab::new().await;
-    lab.create(Settings {
-        limit: 2,
+    lab.create(SkuSettings {
+        per_customer_limit: 2,
         ..SETTINGS
     })
     .await;
     lab.hold_for("alice", 2, NOW).await;
     let mut expected = lab.snapshot().await;
 
-    let call = lab.admit(admit_req("key-more", "alice", 1)).await;
+    let reply = lab.admit(&lab.admit_req("key-more", "alice", 1)).await;
 
-    assert_eq!(call.reply, strs!["limit", 2, 2]);
+    assert_eq!(
+        reply,
+        Fenced::Open(Admission::LimitExceeded {
+            limit: 2,
+            already: 2
+        })
+    );
     let idem_key = lab.key("i:key-more");
     assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
     expected.insert(idem_key, "fp-1|L|2|2".to_owned());
@@ -807,9 +873,9 @@ async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
 async fn admit_for_a_missing_sku_writes_nothing() {
     let mut lab = Lab::new().await;
 
-    let call = lab.admit(admit_req("key-1", "alice", 1)).await;
+    let reply = lab.admit(&lab.admit_req("key-1", "alice", 1)).await;
 
-    assert_eq!(call.reply, strs!["no_sku"]);
+    assert_eq!(reply, Fenced::Open(Admission::UnknownSku));
     assert_eq!(
         lab.keys().await,
         Vec::<String>::new(),
@@ -824,59 +890,85 @@ async fn admit_refuses_while_the_stream_is_longer_than_the_backlog_limit() {
     lab.create(SETTINGS).await;
     lab.hold_for("alice", 1, NOW).await;
     let before = lab.snapshot().await;
+    assert_eq!(lab.xlen().await, 2);
 
-    let call = lab
-        .admit(Admit {
-            backlog_limit: 1,
-            ..admit_req("key-2", "bob", 1)
+    let reply = lab
+        .admit(&Admit {
+            backlog_limit: 2,
+            ..lab.admit_req("key-2", "bob", 1)
         })
         .await;
 
-    assert_eq!(call.reply, strs!["backlog", 2]);
+    assert_eq!(reply, Fenced::Open(Admission::Backlogged));
     assert_eq!(lab.snapshot().await, before, "nothing written");
-    let call = lab
-        .admit(Admit {
+    let reply = lab
+        .admit(&Admit {
             backlog_limit: 3,
-            ..admit_req("key-2", "bob", 1)
+            ..lab.admit_req("key-2", "bob", 1)
         })
         .await;
-    assert_eq!(call.reply[0], "held");
+    assert!(
+        matches!(reply, Fenced::Open(Admission::Held { .. })),
+        "{reply:?}"
+    );
     lab.finish().await;
 }
 
-// ---------------------------------------------------------------- confirm / release
+// ---------------------------------------------------------------- settle (confirm / release)
+
+/// The position a transition names: where its event (or the expiry it
+/// triggered) sits.
+fn named_position(reply: &Fenced<Transition>) -> Option<Position> {
+    match reply {
+        Fenced::Open(Transition::Done { position, .. }) => Some(*position),
+        Fenced::Open(Transition::Conflict { position, .. }) => *position,
+        _ => None,
+    }
+}
 
 /// Checks a hold just settled by a transition: state, TTL, expiry entry gone,
 /// and the stream's last entry.
 async fn assert_settled(
     lab: &mut Lab,
-    call: &Call,
+    (reply, event_id): &(Fenced<Transition>, Uuid),
     held: &Held,
     state: &str,
     kind: &str,
     now: i64,
 ) {
-    let hold_key = lab.hold_key(&held.hold);
+    let hold_key = lab.hold_key(held.hold);
     assert_eq!(lab.hash(&hold_key).await, held.fields(state));
     assert_recent_ttl(lab.pttl(&hold_key).await, SETTLED_TTL);
-    assert_eq!(lab.expiry_score(&held.hold).await, None);
-    let (position, event) = lab.last_event().await;
-    assert_eq!(call.reply.last(), Some(&position), "reply names the event");
+    assert_eq!(lab.expiry_score(held.hold).await, None);
+    let (id, event) = lab.last_event().await;
+    assert_eq!(
+        named_position(reply).map(Position::stream_id),
+        Some(id),
+        "reply names the event"
+    );
     assert_eq!(
         event,
-        fields! {"t" => kind, "i" => call.event, "h" => held.hold, "c" => held.customer,
+        fields! {"t" => kind, "i" => event_id, "h" => held.hold, "c" => held.customer,
         "q" => held.qty, "m" => now}
     );
 }
 
-/// Every transition script on `held` at `now` answers `outcome` with no
-/// position and changes nothing.
-async fn assert_all_inert(lab: &mut Lab, held: &Held, now: i64, expected: [(&Script, &str); 3]) {
+/// Every transition script on `held` at `now` answers as `expected`, with
+/// no position, and changes nothing.
+async fn assert_all_inert(lab: &mut Lab, held: &Held, now: i64, expected: [(Op, Inert); 3]) {
     let before = lab.snapshot().await;
-    for (script, outcome) in expected {
-        let state = lab.hash(&lab.hold_key(&held.hold)).await["s"].clone();
-        let call = lab.transition(script, &held.hold, now).await;
-        assert_eq!(call.reply, held.reply(outcome, &state, ""));
+    for (op, inert) in expected {
+        let state = lab.hash(&lab.hold_key(held.hold)).await["s"].clone();
+        let hold = held.gate_hold(HoldState::parse(&state).unwrap());
+        let (reply, _) = lab.transition(op, held.hold, now).await;
+        let expected = match inert {
+            Inert::Same => Transition::Same { hold },
+            Inert::Conflict => Transition::Conflict {
+                hold,
+                position: None,
+            },
+        };
+        assert_eq!(reply, Fenced::Open(expected), "{op:?}");
     }
     assert_eq!(lab.snapshot().await, before);
 }
@@ -887,9 +979,9 @@ async fn confirm_moves_held_to_sold_once() {
     lab.create(SETTINGS).await;
     let held = lab.hold_for("alice", 2, NOW).await;
 
-    let call = lab.transition(&CONFIRM, &held.hold, NOW + 1_000).await;
+    let call = lab.transition(Op::Confirm, held.hold, NOW + 1_000).await;
 
-    assert_eq!(call.reply, held.reply("done", "confirmed", &stream_id(2)));
+    assert_eq!(call.0, held.done(HoldState::Confirmed, 2));
     assert_eq!(lab.counters().await, [10, 0, 2]);
     assert_eq!(
         lab.get("c:alice").await.as_deref(),
@@ -902,9 +994,9 @@ async fn confirm_moves_held_to_sold_once() {
         &held,
         NOW + 2_000,
         [
-            (&CONFIRM, "same"),
-            (&RELEASE, "conflict"),
-            (&EXTEND, "conflict"),
+            (Op::Confirm, Inert::Same),
+            (Op::Release, Inert::Conflict),
+            (Op::Extend, Inert::Conflict),
         ],
     )
     .await;
@@ -919,15 +1011,15 @@ async fn release_returns_the_units_and_the_customer_count_once() {
     let small = lab.hold_for("alice", 1, NOW).await;
     let large = lab.hold_for("alice", 2, NOW).await;
 
-    let call = lab.transition(&RELEASE, &large.hold, NOW + 1_000).await;
+    let call = lab.transition(Op::Release, large.hold, NOW + 1_000).await;
 
-    assert_eq!(call.reply, large.reply("done", "released", &stream_id(3)));
+    assert_eq!(call.0, large.done(HoldState::Released, 3));
     assert_eq!(lab.counters().await, [10, 1, 0]);
     assert_eq!(lab.get("c:alice").await.as_deref(), Some("1"));
     assert_settled(&mut lab, &call, &large, "released", "release", NOW + 1_000).await;
 
-    let call = lab.transition(&RELEASE, &small.hold, NOW + 2_000).await;
-    assert_eq!(call.reply, small.reply("done", "released", &stream_id(4)));
+    let call = lab.transition(Op::Release, small.hold, NOW + 2_000).await;
+    assert_eq!(call.0, small.done(HoldState::Released, 4));
     assert_eq!(lab.counters().await, [10, 0, 0]);
     assert_eq!(lab.get("c:alice").await, None, "deleted at zero");
     assert_all_inert(
@@ -935,9 +1027,9 @@ async fn release_returns_the_units_and_the_customer_count_once() {
         &small,
         NOW + 3_000,
         [
-            (&RELEASE, "same"),
-            (&CONFIRM, "conflict"),
-            (&EXTEND, "conflict"),
+            (Op::Release, Inert::Same),
+            (Op::Confirm, Inert::Conflict),
+            (Op::Extend, Inert::Conflict),
         ],
     )
     .await;
@@ -950,11 +1042,11 @@ async fn transitions_of_an_unknown_hold_answer_no_hold() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
     let before = lab.snapshot().await;
-    let hold = fresh_id();
+    let hold = hold_id(NOW);
 
-    for script in [&*CONFIRM, &*RELEASE, &*EXTEND] {
-        let call = lab.transition(script, &hold, NOW).await;
-        assert_eq!(call.reply, strs!["no_hold"]);
+    for op in [Op::Confirm, Op::Release, Op::Extend] {
+        let (reply, _) = lab.transition(op, hold, NOW).await;
+        assert_eq!(reply, Fenced::Open(Transition::NoHold), "{op:?}");
     }
 
     assert_eq!(lab.snapshot().await, before);
@@ -963,15 +1055,19 @@ async fn transitions_of_an_unknown_hold_answer_no_hold() {
 
 #[tokio::test]
 async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
-    for first in [&*CONFIRM, &*RELEASE, &*EXTEND] {
+    for first in [Op::Confirm, Op::Release, Op::Extend] {
         let mut lab = Lab::new().await;
         lab.create(SETTINGS).await;
         let held = lab.hold_for("alice", 2, NOW).await;
         let late = held.expires + 1;
 
-        let call = lab.transition(first, &held.hold, late).await;
+        let call = lab.transition(first, held.hold, late).await;
 
-        assert_eq!(call.reply, held.reply("conflict", "expired", &stream_id(2)));
+        assert_eq!(
+            call.0,
+            held.conflict(HoldState::Expired, Some(2)),
+            "{first:?}"
+        );
         assert_eq!(lab.counters().await, [10, 0, 0], "units returned");
         assert_eq!(lab.get("c:alice").await, None);
         assert_settled(&mut lab, &call, &held, "expired", "expire", late).await;
@@ -981,14 +1077,20 @@ async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
             &held,
             late + 1,
             [
-                (&RELEASE, "conflict"),
-                (&CONFIRM, "conflict"),
-                (&EXTEND, "conflict"),
+                (Op::Release, Inert::Conflict),
+                (Op::Confirm, Inert::Conflict),
+                (Op::Extend, Inert::Conflict),
             ],
         )
         .await;
         let (reply, _) = lab.expire(late + 1, 5).await;
-        assert_eq!(reply, strs![0, 0]);
+        assert_eq!(
+            reply,
+            Fenced::Open(Expired {
+                expired: 0,
+                still_due: 0
+            })
+        );
         assert_eq!(lab.snapshot().await, before, "returned exactly once");
         lab.finish().await;
     }
@@ -1006,32 +1108,37 @@ async fn extend_moves_the_expiry_up_to_max_extensions_times() {
     // The second extension comes after the original expiry: the first one
     // really moved the deadline.
     for (n, now) in [(1, NOW + 10_000), (2, NOW + TTL + 5_000)] {
-        let call = lab.transition(&EXTEND, &held.hold, now).await;
+        let (reply, event_id) = lab.transition(Op::Extend, held.hold, now).await;
         extended = held.with_expiry(now + TTL, n);
-        assert_eq!(
-            call.reply,
-            extended.reply("done", "held", &stream_id(1 + n as u64))
-        );
-        let hold_key = lab.hold_key(&held.hold);
+        assert_eq!(reply, extended.done(HoldState::Held, 1 + n));
+        let hold_key = lab.hold_key(held.hold);
         assert_eq!(lab.hash(&hold_key).await, extended.fields("held"));
-        assert_eq!(lab.expiry_score(&held.hold).await, Some(now + TTL));
+        assert_eq!(lab.expiry_score(held.hold).await, Some(now + TTL));
         assert_eq!(
             lab.last_event().await.1,
-            fields! {"t" => "extend", "i" => call.event, "h" => held.hold, "c" => "alice",
+            fields! {"t" => "extend", "i" => event_id, "h" => held.hold, "c" => "alice",
             "q" => 1, "m" => now, "e" => now + TTL}
         );
     }
     assert_eq!(lab.counters().await, [10, 1, 0]);
 
     let before = lab.snapshot().await;
-    let call = lab.transition(&EXTEND, &held.hold, NOW + TTL + 6_000).await;
-    assert_eq!(call.reply, extended.reply("ext_limit", "held", ""));
+    let (reply, _) = lab
+        .transition(Op::Extend, held.hold, NOW + TTL + 6_000)
+        .await;
+    assert_eq!(
+        reply,
+        Fenced::Open(Transition::ExtensionLimit {
+            hold: extended.gate_hold(HoldState::Held)
+        })
+    );
     assert_eq!(lab.snapshot().await, before);
 
-    lab.transition(&RELEASE, &held.hold, NOW + TTL + 7_000)
+    lab.done(Op::Release, held.hold, NOW + TTL + 7_000).await;
+    let (reply, _) = lab
+        .transition(Op::Extend, held.hold, NOW + TTL + 8_000)
         .await;
-    let call = lab.transition(&EXTEND, &held.hold, NOW + TTL + 8_000).await;
-    assert_eq!(call.reply, extended.reply("conflict", "released", ""));
+    assert_eq!(reply, extended.conflict(HoldState::Released, None));
     lab.finish().await;
 }
 
@@ -1048,24 +1155,30 @@ async fn expire_expires_only_due_holds_and_only_once() {
 
     let (reply, ids) = lab.expire(now, 10).await;
 
-    assert_eq!(reply, strs![2, 0]);
+    assert_eq!(
+        reply,
+        Fenced::Open(Expired {
+            expired: 2,
+            still_due: 0
+        })
+    );
     assert_eq!(lab.counters().await, [10, 3, 0]);
     assert_eq!(
         (lab.get("c:alice").await, lab.get("c:bob").await),
         (None, None)
     );
     assert_eq!(lab.get("c:carol").await.as_deref(), Some("3"));
-    let hold_key = lab.hold_key(&c.hold);
+    let hold_key = lab.hold_key(c.hold);
     assert_eq!(lab.hash(&hold_key).await, c.fields("held"));
     assert_eq!(lab.pttl(&hold_key).await, -1);
-    assert_eq!(lab.expiry_score(&c.hold).await, Some(c.expires));
+    assert_eq!(lab.expiry_score(c.hold).await, Some(c.expires));
     let expired: Vec<_> = lab.events().await.split_off(4);
     let expected: Vec<_> = [(&a, &ids[0]), (&b, &ids[1])]
         .iter()
         .enumerate()
         .map(|(n, (held, id))| {
             (
-                stream_id(4 + n as u64),
+                stream_id(4 + n as i64),
                 fields! {"t" => "expire", "i" => id, "h" => held.hold, "c" => held.customer,
                 "q" => held.qty, "m" => now},
             )
@@ -1073,14 +1186,20 @@ async fn expire_expires_only_due_holds_and_only_once() {
         .collect();
     assert_eq!(expired, expected);
     for held in [&a, &b] {
-        let hold_key = lab.hold_key(&held.hold);
+        let hold_key = lab.hold_key(held.hold);
         assert_eq!(lab.hash(&hold_key).await, held.fields("expired"));
         assert_recent_ttl(lab.pttl(&hold_key).await, SETTLED_TTL);
     }
 
     let before = lab.snapshot().await;
     let (reply, _) = lab.expire(now, 10).await;
-    assert_eq!(reply, strs![0, 0]);
+    assert_eq!(
+        reply,
+        Fenced::Open(Expired {
+            expired: 0,
+            still_due: 0
+        })
+    );
     assert_eq!(lab.snapshot().await, before);
     lab.finish().await;
 }
@@ -1094,16 +1213,17 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
         holds.push(lab.hold_for("alice", 1, NOW + n).await);
     }
     let now = NOW + TTL + 10;
+    let expired = |expired, still_due| Fenced::Open(Expired { expired, still_due });
 
     let (first, first_ids) = lab.expire(now, 2).await;
-    assert_eq!(first, strs![2, 1]);
+    assert_eq!(first, expired(2, 1));
     assert_eq!(lab.counters().await, [10, 1, 0]);
     let (second, second_ids) = lab.expire(now, 2).await;
-    assert_eq!(second, strs![1, 0]);
+    assert_eq!(second, expired(1, 0));
     assert_eq!(lab.counters().await, [10, 0, 0]);
     assert_eq!(lab.get("c:alice").await, None);
 
-    let expired: Vec<_> = lab
+    let settled: Vec<_> = lab
         .events()
         .await
         .split_off(4)
@@ -1112,12 +1232,17 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
         .collect();
     let expected: Vec<_> = holds
         .iter()
-        .map(|h| h.hold.clone())
-        .zip(first_ids.into_iter().chain(second_ids.into_iter().take(1)))
+        .map(|h| h.hold.to_string())
+        .zip(
+            first_ids
+                .iter()
+                .chain(second_ids.iter().take(1))
+                .map(Uuid::to_string),
+        )
         .collect();
-    assert_eq!(expired, expected, "earliest first, one event id each");
+    assert_eq!(settled, expected, "earliest first, one event id each");
     let (third, _) = lab.expire(now, 2).await;
-    assert_eq!(third, strs![0, 0]);
+    assert_eq!(third, expired(0, 0));
     lab.finish().await;
 }
 
@@ -1129,19 +1254,26 @@ async fn expire_drops_stale_entries_of_settled_or_missing_holds_without_counting
     let released = lab.hold_for("bob", 1, NOW).await;
     // Due before the stale entries of the settled holds, after the missing one.
     let live = lab.hold_for("carol", 1, NOW - 10_000).await;
-    lab.transition(&CONFIRM, &confirmed.hold, NOW + 1).await;
-    lab.transition(&RELEASE, &released.hold, NOW + 1).await;
-    lab.zadd(&confirmed.hold, confirmed.expires).await;
-    lab.zadd(&released.hold, released.expires).await;
+    lab.done(Op::Confirm, confirmed.hold, NOW + 1).await;
+    lab.done(Op::Release, released.hold, NOW + 1).await;
+    lab.zadd(&confirmed.hold.to_string(), confirmed.expires)
+        .await;
+    lab.zadd(&released.hold.to_string(), released.expires).await;
     lab.zadd(&fresh_id(), NOW).await;
     assert_eq!(lab.counters().await, [10, 1, 1]);
     let events_before = lab.xlen().await;
-    let hold_key = lab.hold_key(&confirmed.hold);
+    let hold_key = lab.hold_key(confirmed.hold);
     let confirmed_before = lab.hash(&hold_key).await;
 
     let (reply, ids) = lab.expire(NOW + TTL + 1, 10).await;
 
-    assert_eq!(reply, strs![1, 0]);
+    assert_eq!(
+        reply,
+        Fenced::Open(Expired {
+            expired: 1,
+            still_due: 0
+        })
+    );
     let expiry = lab.key("expiry");
     let left: i64 = lab.conn.zcard(expiry).await.expect("ZCARD");
     assert_eq!(left, 0, "stale entries removed");
@@ -1162,36 +1294,365 @@ async fn expire_drops_stale_entries_of_settled_or_missing_holds_without_counting
     lab.finish().await;
 }
 
+// ---------------------------------------------------------------- lose
+
+#[tokio::test]
+async fn lose_takes_the_units_out_with_the_settle_step_once_and_appends_nothing() {
+    let mut lab = Lab::new().await;
+    lab.create(SETTINGS).await;
+    let held = lab.hold_for("alice", 2, NOW).await;
+    let confirmed = lab.hold_for("bob", 3, NOW).await;
+    let released = lab.hold_for("carol", 1, NOW).await;
+    lab.done(Op::Confirm, confirmed.hold, NOW + 1).await;
+    lab.done(Op::Release, released.hold, NOW + 1).await;
+    assert_eq!(lab.counters().await, [10, 2, 3]);
+    let events = lab.xlen().await;
+    let lose = async |hold: HoldId| lab.gate.lose(&lab.sku, hold).await.expect("lose runs");
+
+    assert_eq!(lose(held.hold).await, Fenced::Open(Some(HoldState::Held)));
+    assert_eq!(
+        lose(confirmed.hold).await,
+        Fenced::Open(Some(HoldState::Confirmed))
+    );
+    assert_eq!(
+        lose(released.hold).await,
+        Fenced::Open(Some(HoldState::Released))
+    );
+    assert_eq!(lose(hold_id(NOW)).await, Fenced::Open(None), "unknown hold");
+
+    assert_eq!(lab.counters().await, [10, 0, 0], "held and sold units out");
+    for customer in ["c:alice", "c:bob", "c:carol"] {
+        assert_eq!(lab.get(customer).await, None, "{customer}");
+    }
+    for lost in [&held, &confirmed, &released] {
+        let hold_key = lab.hold_key(lost.hold);
+        assert_eq!(lab.hash(&hold_key).await["s"], "lost");
+        assert_recent_ttl(lab.pttl(&hold_key).await, SETTLED_TTL);
+        assert_eq!(lab.expiry_score(lost.hold).await, None);
+    }
+    assert_eq!(lab.xlen().await, events, "no event: the ledger refused it");
+
+    let before = lab.snapshot().await;
+    let again = lab.gate.lose(&lab.sku, held.hold).await.unwrap();
+    assert_eq!(again, Fenced::Open(Some(HoldState::Lost)));
+    assert_eq!(lab.snapshot().await, before, "lost once");
+    lab.finish().await;
+}
+
+// ---------------------------------------------------------------- snapshot / repair
+
+#[tokio::test]
+async fn repair_sets_the_counters_only_at_the_fence_it_was_given() {
+    let mut lab = Lab::new().await;
+    assert_eq!(lab.gate.snapshot(&lab.sku).await.unwrap(), None);
+    lab.create(SETTINGS).await;
+    lab.hold_for("alice", 1, NOW).await;
+
+    let snapshot = lab
+        .gate
+        .snapshot(&lab.sku)
+        .await
+        .unwrap()
+        .expect("in the gate");
+
+    assert_eq!((snapshot.on_hand, snapshot.held, snapshot.sold), (10, 1, 0));
+    assert_eq!((snapshot.last, snapshot.backlog), (Some(position(1)), 2));
+    let ledger = Stock {
+        on_hand: 12,
+        held: 0,
+        sold: 0,
+    };
+    let repaired = lab.gate.repair(&lab.sku, &snapshot, ledger).await.unwrap();
+    assert_eq!(repaired, Fenced::Open(true));
+    assert_eq!(lab.counters().await, [12, 0, 0]);
+
+    // An event after the fence: the comparison is stale, nothing is set.
+    lab.hold_for("bob", 1, NOW).await;
+    let before = lab.snapshot().await;
+    let stale = lab.gate.repair(&lab.sku, &snapshot, ledger).await.unwrap();
+    assert_eq!(stale, Fenced::Open(false));
+    assert_eq!(lab.snapshot().await, before);
+    assert_eq!(lab.counters().await, [12, 1, 0]);
+    lab.finish().await;
+}
+
 // ---------------------------------------------------------------- trim
 
 #[tokio::test]
 async fn trim_drops_acknowledged_entries_and_keeps_pending_and_undelivered_ones() {
     let mut lab = Lab::new().await;
-    assert_eq!(lab.trim().await, strs![0], "no stream, no group");
+    assert_eq!(lab.trim().await, 0, "no stream, no group");
     lab.create(SETTINGS).await;
     lab.hold_for("alice", 1, NOW).await;
     lab.hold_for("bob", 1, NOW).await;
+    let consumer = lab.gate.consumer("worker-1").unwrap();
+    let skus = [lab.sku.clone()];
+    let read = async || -> Vec<String> {
+        let deliveries = consumer.read_new(&skus, 100, 1).await.expect("XREADGROUP");
+        for delivery in &deliveries {
+            assert_eq!(delivery.sku, skus[0]);
+            assert_eq!(
+                delivery.event.as_ref().map(|e| e.position).ok(),
+                Some(delivery.position)
+            );
+        }
+        deliveries.iter().map(|d| d.position.stream_id()).collect()
+    };
+    let ack = async |seqs: &[i64]| {
+        let positions: Vec<Position> = seqs.iter().copied().map(position).collect();
+        consumer.ack(&skus[0], &positions).await.expect("XACK");
+    };
     let ids = [0, 1, 2, 3].map(stream_id);
     let [e0, e1, e2, e3] = ids.each_ref().map(String::as_str);
-    assert_eq!(lab.trim().await, strs![0], "nothing delivered yet");
+    assert_eq!(lab.trim().await, 0, "nothing delivered yet");
 
-    assert_eq!(lab.read_group().await, [e0, e1, e2]);
-    assert_eq!(lab.trim().await, strs![0], "all pending");
-    lab.ack(&[e1]).await;
-    assert_eq!(lab.trim().await, strs![0], "the oldest is still pending");
-    lab.ack(&[e0]).await;
-    assert_eq!(lab.trim().await, strs![2]);
+    assert_eq!(read().await, [e0, e1, e2]);
+    assert_eq!(lab.trim().await, 0, "all pending");
+    ack(&[1]).await;
+    assert_eq!(lab.trim().await, 0, "the oldest is still pending");
+    ack(&[0]).await;
+    assert_eq!(lab.trim().await, 2);
     assert_eq!(lab.event_ids().await, [e2]);
 
     lab.hold_for("carol", 1, NOW).await;
-    lab.ack(&[e2]).await;
-    assert_eq!(lab.trim().await, strs![1]);
+    ack(&[2]).await;
+    assert_eq!(lab.trim().await, 1);
     assert_eq!(lab.event_ids().await, [e3], "undelivered is kept");
 
-    assert_eq!(lab.read_group().await, [e3]);
-    assert_eq!(lab.trim().await, strs![0]);
-    lab.ack(&[e3]).await;
-    assert_eq!(lab.trim().await, strs![1]);
+    assert_eq!(read().await, [e3]);
+    assert_eq!(read().await, Vec::<String>::new(), "nothing new");
+    assert_eq!(lab.trim().await, 0);
+    ack(&[3]).await;
+    assert_eq!(lab.trim().await, 1);
     assert_eq!(lab.xlen().await, 0);
+    assert_eq!(lab.groups().await, [(GROUP.to_owned(), e3.to_owned(), 0)]);
+    lab.finish().await;
+}
+
+// ---------------------------------------------------------------- closing and rebuilding
+
+#[tokio::test]
+async fn a_closed_sku_refuses_every_script_that_changes_it_and_writes_nothing() {
+    let mut lab = Lab::new().await;
+    lab.create(SETTINGS).await;
+    let held = lab.hold_for("alice", 2, NOW).await;
+    let replayable = lab.admit_req("key-1", "bob", 1);
+    lab.admit_held(&replayable).await;
+    let fence = lab.gate.snapshot(&lab.sku).await.unwrap().expect("open");
+
+    lab.gate.close_sku(&lab.sku).await.unwrap();
+
+    let keys = lab.keys().await;
+    assert!(keys.contains(&lab.key("closed")), "marked: {keys:?}");
+    assert!(
+        !keys.contains(&lab.key("stock")),
+        "stock hash gone: {keys:?}"
+    );
+    let before = lab.snapshot().await;
+    let late = held.expires + 1;
+
+    // Every script that changes a SKU, on a fresh admission, a replay, the
+    // live hold (due, so it would expire), and the SKU's stock.
+    let fresh = lab.admit(&lab.admit_req("key-2", "carol", 1)).await;
+    let replay = lab.admit(&lab.admit_req("key-1", "bob", 1)).await;
+    let confirm = lab.transition(Op::Confirm, held.hold, late).await.0;
+    let release = lab.transition(Op::Release, held.hold, late).await.0;
+    let extend = lab.transition(Op::Extend, held.hold, late).await.0;
+    let expire = lab.expire(late, 10).await.0;
+    let put = lab.set_sku(&lab.put(SETTINGS)).await;
+    let adjust = lab.set_sku(&lab.adjust(1)).await;
+    let lose = lab.gate.lose(&lab.sku, held.hold).await.unwrap();
+    let ledger = Stock::default();
+    let repair = lab.gate.repair(&lab.sku, &fence, ledger).await.unwrap();
+
+    assert_eq!((fresh, replay), (Fenced::Closed, Fenced::Closed));
+    assert_eq!(
+        [confirm, release, extend],
+        [Fenced::Closed, Fenced::Closed, Fenced::Closed]
+    );
+    assert_eq!(expire, Fenced::Closed);
+    assert_eq!((put, adjust), (Fenced::Closed, Fenced::Closed));
+    assert_eq!((lose, repair), (Fenced::Closed, Fenced::Closed));
+    assert_eq!(lab.snapshot().await, before, "nothing written");
+    assert_eq!(lab.gate.snapshot(&lab.sku).await.unwrap(), None);
+    assert_eq!(lab.gate.sku(&lab.sku).await.unwrap(), None);
+
+    lab.gate.close_sku(&lab.sku).await.unwrap();
+    assert_eq!(
+        lab.snapshot().await,
+        before,
+        "closing twice is closing once"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test]
+async fn rebuild_refuses_an_open_sku() {
+    let mut lab = Lab::new().await;
+    let snapshot = SkuSnapshot {
+        sku: lab.sku.clone(),
+        sku_no: SKU_NO,
+        epoch: EPOCH,
+        figures: figures([10, 0, 0], 0, TTL, 2),
+        holds: Vec::new(),
+        customers: Vec::new(),
+        keys: Vec::new(),
+    };
+
+    // Neither closed nor created: a rebuild must close it first.
+    let never_closed = lab.gate.rebuild_sku(&snapshot, NOW).await;
+    assert!(
+        matches!(never_closed, Err(GateError::NotClosed(ref sku)) if *sku == lab.sku),
+        "{never_closed:?}"
+    );
+    assert_eq!(lab.keys().await, Vec::<String>::new());
+
+    lab.create(SETTINGS).await;
+    let held = lab.hold_for("alice", 1, NOW).await;
+    let before = lab.snapshot().await;
+    let open = lab.gate.rebuild_sku(&snapshot, NOW).await;
+    assert!(matches!(open, Err(GateError::NotClosed(_))), "{open:?}");
+    assert_eq!(lab.snapshot().await, before, "nothing unlinked");
+    let hold_key = lab.hold_key(held.hold);
+    assert_eq!(lab.hash(&hold_key).await, held.fields("held"));
+    lab.finish().await;
+}
+
+#[tokio::test]
+async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
+    let mut lab = Lab::new().await;
+    lab.create(SETTINGS).await;
+    let old = lab.hold_for("dave", 4, NOW - 50_000).await;
+    lab.admit_held(&lab.admit_req("key-old", "dave", 1)).await;
+    lab.gate.close_sku(&lab.sku).await.unwrap();
+
+    let epoch = EPOCH + 1;
+    let (alice, bob) = (hold_id(NOW), hold_id(NOW - 1_000));
+    let snapshot = SkuSnapshot {
+        sku: lab.sku.clone(),
+        sku_no: SKU_NO,
+        epoch,
+        figures: figures([10, 3, 2], 4, TTL, 2),
+        holds: vec![
+            LiveHold {
+                hold_id: alice,
+                customer_id: "alice".to_owned(),
+                quantity: 1,
+                expires_at_ms: NOW + TTL,
+                extensions: 0,
+                created_ms: NOW,
+            },
+            LiveHold {
+                hold_id: bob,
+                customer_id: "bob".to_owned(),
+                quantity: 2,
+                expires_at_ms: NOW + 5_000,
+                extensions: 1,
+                created_ms: NOW - 1_000,
+            },
+        ],
+        customers: vec![
+            ("alice".to_owned(), 1),
+            ("bob".to_owned(), 2),
+            ("carol".to_owned(), 2),
+        ],
+        keys: vec![AdmittedKey {
+            key: "key-a".to_owned(),
+            fingerprint: "fp-a".to_owned(),
+            hold_id: alice,
+            expires_at_ms: NOW + TTL,
+            created_ms: NOW,
+        }],
+    };
+
+    lab.gate.rebuild_sku(&snapshot, NOW + 1_000).await.unwrap();
+
+    let registry = format!("{}:skus", lab.prefix);
+    let mut expected_keys = vec![
+        registry.clone(),
+        lab.key("stock"),
+        lab.key("events"),
+        lab.key("expiry"),
+        lab.hold_key(alice),
+        lab.hold_key(bob),
+        lab.key("c:alice"),
+        lab.key("c:bob"),
+        lab.key("c:carol"),
+        lab.key("i:key-a"),
+    ];
+    expected_keys.sort();
+    assert_eq!(
+        lab.keys().await,
+        expected_keys,
+        "the old hold, record, counter and events, and the marker, are gone"
+    );
+    assert_eq!(lab.hash(&registry).await, fields! {"42" => "sku-1"});
+    let stock = lab.key("stock");
+    assert_eq!(
+        lab.hash(&stock).await,
+        fields! {"on_hand" => 10, "held" => 3, "sold" => 2, "limit" => 4, "ttl_ms" => TTL,
+        "max_ext" => 2, "epoch" => epoch, "sku_no" => SKU_NO}
+    );
+    let alice_key = lab.hold_key(alice);
+    assert_eq!(
+        lab.hash(&alice_key).await,
+        fields! {"s" => "held", "c" => "alice", "q" => 1, "e" => NOW + TTL, "x" => 0,
+        "t" => NOW, "a" => ""}
+    );
+    let bob_key = lab.hold_key(bob);
+    assert_eq!(
+        lab.hash(&bob_key).await,
+        fields! {"s" => "held", "c" => "bob", "q" => 2, "e" => NOW + 5_000, "x" => 1,
+        "t" => NOW - 1_000, "a" => ""}
+    );
+    assert_eq!(lab.pttl(&alice_key).await, -1);
+    assert_eq!(lab.expiry_score(alice).await, Some(NOW + TTL));
+    assert_eq!(lab.expiry_score(bob).await, Some(NOW + 5_000));
+    assert_eq!(lab.expiry_score(old.hold).await, None);
+    for (customer, units) in [("c:alice", "1"), ("c:bob", "2"), ("c:carol", "2")] {
+        assert_eq!(
+            lab.get(customer).await.as_deref(),
+            Some(units),
+            "{customer}"
+        );
+    }
+    assert_eq!(
+        lab.get("i:key-a").await,
+        Some(format!("fp-a|H|{alice}|{}", NOW + TTL))
+    );
+    // The record lives out its window from admission, not from the rebuild.
+    let idem_key = lab.key("i:key-a");
+    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL - 1_000);
+    assert_eq!(lab.xlen().await, 0);
+    assert_eq!(
+        lab.groups().await,
+        [(GROUP.to_owned(), "0-0".to_owned(), 0)]
+    );
+
+    // Open again: a replay of a rebuilt key, and a fresh admission in the
+    // new epoch.
+    let replay = lab
+        .admit(&Admit {
+            fingerprint: "fp-a".to_owned(),
+            ..lab.admit_req("key-a", "alice", 1)
+        })
+        .await;
+    assert_eq!(
+        replay,
+        Fenced::Open(Admission::Replayed(Box::new(Admission::Held {
+            hold_id: alice,
+            expires_at_ms: NOW + TTL
+        })))
+    );
+    let fresh = lab.admit_req("key-new", "erin", 3);
+    assert_eq!(
+        lab.admit(&fresh).await,
+        Fenced::Open(Admission::Held {
+            hold_id: fresh.hold_id,
+            expires_at_ms: NOW + TTL
+        })
+    );
+    assert_eq!(lab.counters().await, [10, 6, 2]);
+    assert_eq!(lab.event_ids().await, [format!("{epoch}-0")]);
     lab.finish().await;
 }

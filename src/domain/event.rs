@@ -4,7 +4,9 @@ use uuid::Uuid;
 /// Where an event sits in its SKU's stream: the gate epoch it was written in
 /// and its sequence within that epoch. The stream id is `<epoch>-<seq>`, so
 /// stream order, ledger order and epoch fencing are one comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Position {
     pub epoch: i64,
     pub seq: i64,
@@ -23,19 +25,18 @@ impl Position {
         format!("{}-{}", self.epoch, self.seq)
     }
 
-    /// The XRANGE start bound for "everything after this position".
-    /// Sequence -1 stands before `<epoch>-0`, the first id of an epoch.
-    pub fn after_bound(self) -> String {
-        if self.seq < 0 {
-            format!("{}-0", self.epoch)
-        } else {
-            format!("({}-{}", self.epoch, self.seq)
+    /// The position right after this one in the same epoch.
+    pub fn next(self) -> Self {
+        Self {
+            epoch: self.epoch,
+            seq: self.seq + 1,
         }
     }
 }
 
-/// One change of stock or of a hold, as the gate decided it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One change of stock or of a hold, as the gate decided it. Serializable
+/// so an event the ledger refused can be kept aside as it was.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub position: Position,
     pub event_id: Uuid,
@@ -43,7 +44,8 @@ pub struct Event {
     pub change: Change,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     Admit {
         hold_id: HoldId,

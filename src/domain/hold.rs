@@ -11,9 +11,11 @@ use uuid::Uuid;
 pub struct HoldId(Uuid);
 
 impl HoldId {
-    pub fn generate(sku_no: u32, now_ms: i64) -> Self {
-        let mut bytes: [u8; 16] = rand::random();
-        let ms = u64::try_from(now_ms).unwrap_or(0).to_be_bytes();
+    /// A hold id minted at `created_ms` for SKU number `sku_no`; `entropy`
+    /// (random bytes from the caller) fills the rest.
+    pub fn new(sku_no: u32, created_ms: i64, entropy: [u8; 16]) -> Self {
+        let mut bytes = entropy;
+        let ms = u64::try_from(created_ms).unwrap_or(0).to_be_bytes();
         bytes[..6].copy_from_slice(&ms[2..]);
         bytes[12..].copy_from_slice(&sku_no.to_be_bytes());
         Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
@@ -57,9 +59,18 @@ impl Serialize for HoldId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for HoldId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Uuid::try_parse(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// `held` until confirmed, released, expired (its TTL passed) or lost (the
 /// gate lost it before the ledger had it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HoldState {
     Held,
@@ -92,28 +103,16 @@ impl HoldState {
     }
 }
 
-/// A hold as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// A hold as dropgate answers about it, from whichever store knows most.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
-    #[schema(value_type = uuid::Uuid)]
     pub hold_id: HoldId,
-    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
     pub sku: SkuId,
-    #[schema(
-        min_length = 1,
-        max_length = 128,
-        pattern = r"^[A-Za-z0-9._:-]{1,128}$",
-        example = "c-42"
-    )]
     pub customer_id: String,
-    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
     pub state: HoldState,
-    /// RFC 3339, UTC.
-    #[serde(with = "time::serde::rfc3339")]
     pub expires_at: time::OffsetDateTime,
     /// Times this hold was extended.
-    #[schema(minimum = 0, maximum = 10)]
     pub extensions: i64,
     /// True once the ledger (Postgres) has the hold.
     pub durable: bool,
@@ -125,11 +124,11 @@ mod tests {
 
     #[test]
     fn hold_ids_carry_their_sku_and_time() {
-        let id = HoldId::generate(4_000_000_007, 1_795_000_000_123);
+        let id = HoldId::new(4_000_000_007, 1_795_000_000_123, [7; 16]);
         assert_eq!(id.sku_no(), 4_000_000_007);
         assert_eq!(id.created_ms(), 1_795_000_000_123);
         assert_eq!(HoldId::parse(&id.to_string()), Some(id));
         assert_eq!(HoldId::parse("00000000-0000-4000-8000-000000000000"), None);
-        assert_ne!(HoldId::generate(1, 5), HoldId::generate(1, 5));
+        assert_ne!(HoldId::new(1, 5, [1; 16]), HoldId::new(1, 5, [2; 16]));
     }
 }

@@ -1,14 +1,23 @@
 //! The vocabulary of dropgate, parsed once at the edge and trusted inside:
 //! SKU ids, customers, quantities, idempotency keys, holds and the events that
-//! move stock. No I/O lives here.
+//! move stock. No I/O lives here, and no clock or randomness: time and
+//! entropy are passed in by the caller.
 
 mod event;
 mod hold;
+mod idempotency;
+mod outcome;
 mod sku;
+mod snapshot;
+mod stock;
 
 pub use event::{Change, Event, Position};
 pub use hold::{Hold, HoldId, HoldState};
+pub use idempotency::{decode_outcome, encode_held, fingerprint, IDEMPOTENCY_TTL_MS};
+pub use outcome::{Admission, HoldTransition};
 pub use sku::{Sku, SkuId, SkuSettings};
+pub use snapshot::{AdmittedKey, LiveHold, SkuSnapshot};
+pub use stock::{MovementKind, SkuFigures, Stock};
 
 use std::fmt;
 
@@ -118,10 +127,6 @@ pub fn time_from_ms(ms: i64) -> time::OffsetDateTime {
 /// A UTC time as unix milliseconds (every `OffsetDateTime` fits).
 pub fn ms_from_time(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-pub fn now_ms() -> i64 {
-    ms_from_time(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

@@ -95,25 +95,10 @@ impl SkuSettings {
     }
 }
 
-/// A SKU as the API shows it: figures from the gate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// A SKU as dropgate answers about it: figures from the gate (or from the
+/// ledger when Postgres decides admissions).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sku {
-    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
     pub sku: SkuId,
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub on_hand: i64,
-    /// `on_hand - held - sold`, read from the gate.
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub available: i64,
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub held: i64,
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub sold: i64,
-    /// 0 means no limit.
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub per_customer_limit: i64,
-    #[schema(minimum = 1000, maximum = 86_400_000)]
-    pub hold_ttl_ms: i64,
-    #[schema(minimum = 0, maximum = 10)]
-    pub max_extensions: i64,
+    pub figures: super::SkuFigures,
 }

@@ -1,64 +1,70 @@
-//! Redis key names. Every key of one SKU carries the hash tag `{sku}`, so a
-//! script touching a SKU stays in one slot (Redis Cluster-ready).
+//! Redis key names, private to the gate: nothing outside it names a key.
+//! Every key of one SKU carries the hash tag `{sku}`, so a script touching a
+//! SKU stays in one slot (Redis Cluster-ready).
 
 use crate::domain::{HoldId, SkuId};
 
-#[derive(Debug, Clone)]
-pub struct Keys {
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Keys<'a> {
     /// Lets several deployments, or parallel tests, share one Redis.
-    prefix: String,
+    prefix: &'a str,
 }
 
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
+impl<'a> Keys<'a> {
+    pub(super) fn new(prefix: &'a str) -> Self {
+        Self { prefix }
     }
 
     /// `<prefix>:{<sku>}:`, the start of every key of the SKU.
-    pub fn base(&self, sku: &SkuId) -> String {
+    pub(super) fn base(self, sku: &SkuId) -> String {
         format!("{}:{{{}}}:", self.prefix, sku)
     }
 
-    pub fn stock(&self, sku: &SkuId) -> String {
+    /// The SKU's counters and settings. The SKU is open while it exists.
+    pub(super) fn stock(self, sku: &SkuId) -> String {
         self.base(sku) + "stock"
     }
 
-    pub fn hold(&self, sku: &SkuId, hold_id: HoldId) -> String {
+    /// Present while a rebuild has the SKU closed (its stock hash deleted),
+    /// so that scripts tell "closed, try again" from "no such SKU".
+    pub(super) fn closed(self, sku: &SkuId) -> String {
+        self.base(sku) + "closed"
+    }
+
+    pub(super) fn hold(self, sku: &SkuId, hold_id: HoldId) -> String {
         format!("{}h:{}", self.base(sku), hold_id)
     }
 
-    pub fn expiry(&self, sku: &SkuId) -> String {
+    pub(super) fn expiry(self, sku: &SkuId) -> String {
         self.base(sku) + "expiry"
     }
 
-    pub fn customer(&self, sku: &SkuId, customer_id: &str) -> String {
+    pub(super) fn customer(self, sku: &SkuId, customer_id: &str) -> String {
         format!("{}c:{}", self.base(sku), customer_id)
     }
 
-    pub fn idempotency(&self, sku: &SkuId, key: &str) -> String {
+    pub(super) fn idempotency(self, sku: &SkuId, key: &str) -> String {
         format!("{}i:{}", self.base(sku), key)
     }
 
-    pub fn events(&self, sku: &SkuId) -> String {
+    pub(super) fn events(self, sku: &SkuId) -> String {
         self.base(sku) + "events"
     }
 
     /// Hash of SKU number → SKU id, so hold ids resolve and the worker finds
     /// the streams without scanning the keyspace.
-    pub fn registry(&self) -> String {
+    pub(super) fn registry(self) -> String {
         format!("{}:skus", self.prefix)
     }
 
     /// Present while the gate is built; its value is the gate epoch. Redis
     /// losing its data loses this key first-class, which is how we notice.
-    pub fn gate(&self) -> String {
+    pub(super) fn gate(self) -> String {
         format!("{}:gate", self.prefix)
     }
 
-    /// Every key of this deployment, for tests and tools that clean up.
-    pub fn pattern(&self) -> String {
-        format!("{}:*", self.prefix)
+    /// The id of the ledger the gate was built from.
+    pub(super) fn gate_ledger(self) -> String {
+        format!("{}:gate:ledger", self.prefix)
     }
 }

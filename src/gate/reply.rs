@@ -1,4 +1,4 @@
-//! Turning script replies and Redis hashes into typed values.
+//! Turning script replies, hashes and stream entries into typed values.
 
 use super::GateError;
 use crate::domain::{Change, Event, HoldId, HoldState, Position};
@@ -6,7 +6,7 @@ use redis::Value;
 use std::collections::HashMap;
 use uuid::Uuid;
 
-pub fn text(value: &Value) -> Option<String> {
+fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -15,33 +15,82 @@ pub fn text(value: &Value) -> Option<String> {
     }
 }
 
-pub fn int(value: &Value) -> Option<i64> {
+fn int(value: &Value) -> Option<i64> {
     match value {
         Value::Int(i) => Some(*i),
         other => text(other)?.parse().ok(),
     }
 }
 
-/// Positional access to a script's reply array.
-pub struct Reply(pub Vec<Value>);
+/// A script's reply: a flat list of name, value pairs (`{'outcome', 'held',
+/// 'hold_id', …}`), read by name so the scripts and their readers never
+/// depend on an order.
+pub(super) struct Fields {
+    script: &'static str,
+    values: HashMap<String, Value>,
+}
 
-impl Reply {
-    pub fn outcome(&self) -> Result<String, GateError> {
-        self.text(0)
+impl Fields {
+    pub(super) fn parse(script: &'static str, reply: Value) -> Result<Self, GateError> {
+        let bad = || GateError::protocol(format!("{script}: reply is not a list of name, value"));
+        let Value::Array(items) = reply else {
+            return Err(bad());
+        };
+        if !items.len().is_multiple_of(2) {
+            return Err(bad());
+        }
+        let mut values = HashMap::with_capacity(items.len() / 2);
+        let mut items = items.into_iter();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            values.insert(text(&name).ok_or_else(bad)?, value);
+        }
+        Ok(Self { script, values })
     }
 
-    pub fn text(&self, index: usize) -> Result<String, GateError> {
-        self.0
-            .get(index)
+    fn missing(&self, name: &str, what: &str) -> GateError {
+        GateError::protocol(format!(
+            "{}: reply field {name:?} is not {what}",
+            self.script
+        ))
+    }
+
+    pub(super) fn outcome(&self) -> Result<String, GateError> {
+        self.text("outcome")
+    }
+
+    pub(super) fn text(&self, name: &str) -> Result<String, GateError> {
+        self.values
+            .get(name)
             .and_then(text)
-            .ok_or_else(|| GateError::protocol(format!("reply element {index} is not text")))
+            .ok_or_else(|| self.missing(name, "text"))
     }
 
-    pub fn int(&self, index: usize) -> Result<i64, GateError> {
-        self.0
-            .get(index)
+    pub(super) fn int(&self, name: &str) -> Result<i64, GateError> {
+        self.values
+            .get(name)
             .and_then(int)
-            .ok_or_else(|| GateError::protocol(format!("reply element {index} is not an integer")))
+            .ok_or_else(|| self.missing(name, "an integer"))
+    }
+
+    pub(super) fn unsigned(&self, name: &str) -> Result<u64, GateError> {
+        u64::try_from(self.int(name)?).map_err(|_| self.missing(name, "a count"))
+    }
+
+    /// A stream position, or `None` for `""`.
+    pub(super) fn position(&self, name: &str) -> Result<Option<Position>, GateError> {
+        let id = self.text(name)?;
+        if id.is_empty() {
+            return Ok(None);
+        }
+        Position::parse(&id)
+            .map(Some)
+            .ok_or_else(|| self.missing(name, "a stream id"))
+    }
+
+    /// What the script said of its outcome, for an error.
+    pub(super) fn unexpected(&self) -> GateError {
+        let outcome = self.outcome().unwrap_or_default();
+        GateError::protocol(format!("{}: unexpected outcome {outcome:?}", self.script))
     }
 }
 
@@ -56,22 +105,55 @@ pub struct GateHold {
     pub created_ms: i64,
 }
 
-/// Reads `{state, customer, qty, expires, extensions, created}` from `from`.
-pub fn gate_hold(reply: &Reply, from: usize) -> Result<GateHold, GateError> {
-    let state = reply.text(from)?;
-    Ok(GateHold {
-        state: HoldState::parse(&state)
-            .ok_or_else(|| GateError::protocol(format!("unknown hold state {state:?}")))?,
-        customer_id: reply.text(from + 1)?,
-        quantity: reply.int(from + 2)?,
-        expires_at_ms: reply.int(from + 3)?,
-        extensions: reply.int(from + 4)?,
-        created_ms: reply.int(from + 5)?,
-    })
+fn hold_state(state: &str) -> Result<HoldState, GateError> {
+    HoldState::parse(state)
+        .ok_or_else(|| GateError::protocol(format!("unknown hold state {state:?}")))
+}
+
+impl GateHold {
+    /// The hold a transition script replied with.
+    pub(super) fn from_fields(fields: &Fields) -> Result<Self, GateError> {
+        Ok(Self {
+            state: hold_state(&fields.text("state")?)?,
+            customer_id: fields.text("customer")?,
+            quantity: fields.int("quantity")?,
+            expires_at_ms: fields.int("expires_at_ms")?,
+            extensions: fields.int("extensions")?,
+            created_ms: fields.int("created_at_ms")?,
+        })
+    }
+
+    /// The hold hash's fields `s c q e x t`, as read by HMGET in that order.
+    pub(super) const HASH_FIELDS: [&'static str; 6] = ["s", "c", "q", "e", "x", "t"];
+
+    /// `None` when the hash does not exist.
+    pub(super) fn from_hash(values: &[Option<String>]) -> Result<Option<Self>, GateError> {
+        if values.first().is_none_or(Option::is_none) {
+            return Ok(None);
+        }
+        let [Some(state), Some(customer), Some(qty), Some(expires), Some(ext), Some(created)] =
+            values
+        else {
+            return Err(GateError::protocol("hold hash with missing fields"));
+        };
+        let int = |field: &str, value: &str| {
+            value
+                .parse()
+                .map_err(|_| GateError::protocol(format!("hold field {field} is {value:?}")))
+        };
+        Ok(Some(Self {
+            state: hold_state(state)?,
+            customer_id: customer.clone(),
+            quantity: int("q", qty)?,
+            expires_at_ms: int("e", expires)?,
+            extensions: int("x", ext)?,
+            created_ms: int("t", created)?,
+        }))
+    }
 }
 
 /// Parses one stream entry written by the scripts.
-pub fn event(stream_id: &str, fields: &HashMap<String, Value>) -> Result<Event, GateError> {
+pub(super) fn event(stream_id: &str, fields: &HashMap<String, Value>) -> Result<Event, GateError> {
     let bad = |what: &str| GateError::protocol(format!("stream entry {stream_id}: bad {what}"));
     let get = |name: &str| fields.get(name).and_then(text).ok_or_else(|| bad(name));
     let get_int = |name: &str| fields.get(name).and_then(int).ok_or_else(|| bad(name));

@@ -5,8 +5,9 @@
 //! operations endpoints: it reveals only figures.
 
 use super::AppState;
+use crate::domain::SkuFigures as Figures;
 use crate::domain::SkuId;
-use crate::gate::{Gate, GateSku};
+use crate::gate::Gate;
 use crate::ledger::LedgerSku;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
@@ -234,22 +235,14 @@ pub async fn collect(state: &AppState) -> Dashboard {
 async fn read_gate(
     gate: &Gate,
     names: &[SkuId],
-) -> Result<(Vec<Option<GateSku>>, Vec<u64>), crate::gate::GateError> {
+) -> Result<(Vec<Option<Figures>>, Vec<u64>), crate::gate::GateError> {
     // Concurrent reads share the gate's one pipelined connection.
     let mut reads = tokio::task::JoinSet::new();
     for (i, sku) in names.iter().enumerate() {
         let (gate, sku) = (gate.clone(), sku.clone());
         reads.spawn(async move { (i, gate.sku(&sku).await) });
     }
-    let mut pipe = redis::pipe();
-    for sku in names {
-        pipe.cmd("XLEN").arg(gate.keys().events(sku));
-    }
-    let lengths: Vec<u64> = if names.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(&mut gate.connection()).await?
-    };
+    let lengths = gate.backlogs(names).await?;
     let mut figures = vec![None; names.len()];
     while let Some(joined) = reads.join_next().await {
         let (i, read) =
@@ -267,12 +260,12 @@ struct Counts {
     sold: i64,
 }
 
-impl From<GateSku> for Counts {
-    fn from(g: GateSku) -> Self {
+impl From<Figures> for Counts {
+    fn from(g: Figures) -> Self {
         Self {
-            on_hand: g.on_hand,
-            held: g.held,
-            sold: g.sold,
+            on_hand: g.stock.on_hand,
+            held: g.stock.held,
+            sold: g.stock.sold,
         }
     }
 }
@@ -280,9 +273,9 @@ impl From<GateSku> for Counts {
 impl From<&LedgerSku> for Counts {
     fn from(l: &LedgerSku) -> Self {
         Self {
-            on_hand: l.on_hand,
-            held: l.held,
-            sold: l.sold,
+            on_hand: l.figures.stock.on_hand,
+            held: l.figures.stock.held,
+            sold: l.figures.stock.sold,
         }
     }
 }

@@ -178,7 +178,7 @@ impl ApiError {
                 problem.per_customer_limit = Some(*limit);
                 problem.already_taken = Some(*already);
             }
-            Self::HoldState(state) => problem.state = Some(*state),
+            Self::HoldState(state) => problem.state = Some((*state).into()),
             _ => {}
         }
         problem
@@ -235,7 +235,7 @@ pub struct Problem {
     /// `hold_*` codes only: the hold's current state.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    pub state: Option<HoldState>,
+    pub state: Option<super::holds::HoldState>,
     /// `limit_exceeded` only: the SKU's per-customer limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, minimum = 0)]
@@ -349,7 +349,7 @@ impl From<AppError> for ApiError {
         let unavailable = match &error {
             AppError::Gate(gate) => gate.is_unavailable(),
             AppError::Ledger(ledger) => ledger.is_unavailable(),
-            AppError::GateNotBuilt => true,
+            AppError::GateNotBuilt | AppError::UnknownToLedger => true,
         };
         if unavailable {
             tracing::warn!(%error, "dependency unavailable");

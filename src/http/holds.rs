@@ -4,16 +4,82 @@ use super::error::Problem;
 use super::extract::{validated, HoldPath, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
-use crate::domain::{CustomerId, Hold, IdempotencyKey, Quantity};
-use crate::gate::Admission;
+use crate::domain::{self, Admission, CustomerId, IdempotencyKey, Quantity};
 use crate::limits::retry_after_seconds;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use std::time::Instant;
 use utoipa::ToSchema;
+
+/// A hold as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Hold {
+    #[schema(value_type = uuid::Uuid)]
+    pub hold_id: domain::HoldId,
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
+    pub sku: domain::SkuId,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9._:-]{1,128}$",
+        example = "c-42"
+    )]
+    pub customer_id: String,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub quantity: i64,
+    pub state: HoldState,
+    /// RFC 3339, UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: time::OffsetDateTime,
+    /// Times this hold was extended.
+    #[schema(minimum = 0, maximum = 10)]
+    pub extensions: i64,
+    /// True once the ledger (Postgres) has the hold.
+    pub durable: bool,
+}
+
+impl From<domain::Hold> for Hold {
+    fn from(hold: domain::Hold) -> Self {
+        Self {
+            hold_id: hold.hold_id,
+            sku: hold.sku,
+            customer_id: hold.customer_id,
+            quantity: hold.quantity,
+            state: hold.state.into(),
+            expires_at: hold.expires_at,
+            extensions: hold.extensions,
+            durable: hold.durable,
+        }
+    }
+}
+
+/// `held` until confirmed, released, expired (its TTL passed) or lost (the
+/// gate lost it before the ledger had it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    Held,
+    Confirmed,
+    Released,
+    Expired,
+    Lost,
+}
+
+impl From<domain::HoldState> for HoldState {
+    fn from(state: domain::HoldState) -> Self {
+        match state {
+            domain::HoldState::Held => Self::Held,
+            domain::HoldState::Confirmed => Self::Confirmed,
+            domain::HoldState::Released => Self::Released,
+            domain::HoldState::Expired => Self::Expired,
+            domain::HoldState::Lost => Self::Lost,
+        }
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -216,7 +282,8 @@ fn outcome_label(admission: &Admission) -> &'static str {
     }
 }
 
-fn created(hold: Hold) -> Response {
+fn created(hold: domain::Hold) -> Response {
+    let hold = Hold::from(hold);
     let location = format!("/v1/holds/{}", hold.hold_id);
     let mut response = (StatusCode::CREATED, Json(hold)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -227,7 +294,7 @@ fn created(hold: Hold) -> Response {
 
 fn answer(outcome: HoldOutcome) -> Result<Json<Hold>, ApiError> {
     match outcome {
-        HoldOutcome::Ok(hold) => Ok(Json(hold)),
+        HoldOutcome::Ok(hold) => Ok(Json(hold.into())),
         HoldOutcome::Conflict(state) => Err(ApiError::HoldState(state)),
         HoldOutcome::ExtensionLimit => Err(ApiError::ExtensionLimit),
         HoldOutcome::NotFound => Err(ApiError::NotFound("hold")),

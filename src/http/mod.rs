@@ -10,6 +10,8 @@ mod skus;
 
 pub use error::ApiError;
 pub use extract::Tokens;
+pub use holds::Hold;
+pub use skus::Sku;
 
 use crate::app::Dropgate;
 use crate::limits::RateLimits;

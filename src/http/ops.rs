@@ -54,6 +54,11 @@ pub(super) struct Readiness {
     /// What is missing; empty when ready.
     #[schema(value_type = Vec<String>)]
     missing: Vec<&'static str>,
+    /// SKUs the gate has events for but the ledger does not know (their
+    /// events wait in the stream); absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    unknown_skus: Vec<crate::domain::SkuId>,
 }
 
 /// Readiness: 200 when Redis and Postgres answer and the gate is built.
@@ -84,6 +89,10 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !postgres_ok {
         missing.push("postgres");
     }
+    let unknown_skus = state.app.unknown_skus();
+    if !unknown_skus.is_empty() {
+        missing.push("ledger (it does not know SKUs the gate has events for)");
+    }
     let status = if missing.is_empty() {
         StatusCode::OK
     } else {
@@ -99,6 +108,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         postgres: if postgres_ok { "ok" } else { "unreachable" },
         gate: if gate_built { "built" } else { "not built" },
         missing,
+        unknown_skus,
     };
     (status, Json(body))
 }

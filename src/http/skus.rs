@@ -4,7 +4,7 @@ use super::error::Problem;
 use super::extract::{validated, Admin, JsonObject, SkuPath, Storefront};
 use super::{ApiError, AppState};
 use crate::app::SkuOutcome;
-use crate::domain::{FieldError, Sku, SkuId, SkuSettings};
+use crate::domain::{self, FieldError, SkuId, SkuSettings};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,45 @@ pub fn router() -> Router<AppState> {
         .route("/v1/skus", get(list))
         .route("/v1/skus/{sku}", get(show).put(put))
         .route("/v1/skus/{sku}/adjustments", post(adjust))
+}
+
+/// A SKU as the API shows it: figures from the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Sku {
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
+    pub sku: SkuId,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub on_hand: i64,
+    /// `on_hand - held - sold`, read from the gate.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub available: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub held: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub sold: i64,
+    /// 0 means no limit.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub per_customer_limit: i64,
+    #[schema(minimum = 1000, maximum = 86_400_000)]
+    pub hold_ttl_ms: i64,
+    #[schema(minimum = 0, maximum = 10)]
+    pub max_extensions: i64,
+}
+
+impl From<domain::Sku> for Sku {
+    fn from(sku: domain::Sku) -> Self {
+        let f = sku.figures;
+        Self {
+            sku: sku.sku,
+            on_hand: f.stock.on_hand,
+            available: f.stock.available(),
+            held: f.stock.held,
+            sold: f.stock.sold,
+            per_customer_limit: f.per_customer_limit,
+            hold_ttl_ms: f.hold_ttl_ms,
+            max_extensions: f.max_extensions,
+        }
+    }
 }
 
 const MAX_PAGE: i64 = 500;
@@ -46,7 +85,7 @@ pub(super) async fn show(
         .app
         .sku(&sku)
         .await?
-        .map(Json)
+        .map(|sku| Json(sku.into()))
         .ok_or(ApiError::NotFound("sku"))
 }
 
@@ -129,15 +168,15 @@ pub(super) async fn adjust(
     }
     let (delta, reason) = validated(delta.zip(reason), errors)?;
     match state.app.adjust_sku(&sku, delta, &reason).await? {
-        SkuOutcome::Updated(sku) => Ok((StatusCode::CREATED, Json(sku)).into_response()),
+        SkuOutcome::Updated(sku) => Ok((StatusCode::CREATED, Json(Sku::from(sku))).into_response()),
         other => answer(other),
     }
 }
 
 fn answer(outcome: SkuOutcome) -> Result<Response, ApiError> {
     match outcome {
-        SkuOutcome::Created(sku) => Ok((StatusCode::CREATED, Json(sku)).into_response()),
-        SkuOutcome::Updated(sku) => Ok((StatusCode::OK, Json(sku)).into_response()),
+        SkuOutcome::Created(sku) => Ok((StatusCode::CREATED, Json(Sku::from(sku))).into_response()),
+        SkuOutcome::Updated(sku) => Ok((StatusCode::OK, Json(Sku::from(sku))).into_response()),
         SkuOutcome::Conflict {
             requested,
             held: _,
@@ -285,5 +324,6 @@ pub(super) async fn list(
     let next_after = (skus.len() as i64 == limit)
         .then(|| skus.last().map(|s| s.sku.clone()))
         .flatten();
+    let skus = skus.into_iter().map(Sku::from).collect();
     Ok(Json(SkuPage { skus, next_after }))
 }

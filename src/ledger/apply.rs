@@ -10,7 +10,7 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, Position, SkuId,
+    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, MovementKind, Position, SkuId,
 };
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,6 +26,15 @@ pub struct ApplyReport {
     pub skipped: u64,
     /// Admissions the ledger refused; the gate must be told.
     pub lost: Vec<LostHold>,
+}
+
+impl ApplyReport {
+    /// Adds another apply's figures to these.
+    pub fn merge(&mut self, other: ApplyReport) {
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+        self.lost.extend(other.lost);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +90,7 @@ struct Movements {
 }
 
 struct Movement {
-    kind: &'static str,
+    kind: MovementKind,
     quantity_delta: i64,
     held_delta: i64,
     sold_delta: i64,
@@ -89,7 +98,7 @@ struct Movement {
 }
 
 impl Movement {
-    fn new(kind: &'static str) -> Self {
+    fn new(kind: MovementKind) -> Self {
         Self {
             kind,
             quantity_delta: 0,
@@ -110,7 +119,7 @@ impl Movements {
         self.event_id.push(event.event_id);
         self.sku.push(sku.to_owned());
         self.hold_id.push(event.change.hold_id().map(HoldId::uuid));
-        self.kind.push(movement.kind);
+        self.kind.push(movement.kind.as_str());
         self.quantity_delta.push(movement.quantity_delta);
         self.held_delta.push(movement.held_delta);
         self.sold_delta.push(movement.sold_delta);
@@ -132,12 +141,8 @@ impl Change {
     }
 }
 
-fn settle_kind(to: HoldState) -> &'static str {
-    match to {
-        HoldState::Confirmed => "confirm",
-        HoldState::Released => "release",
-        _ => "expire",
-    }
+fn settle_kind(to: HoldState) -> MovementKind {
+    MovementKind::settling(to).unwrap_or(MovementKind::Expire)
 }
 
 impl Ledger {
@@ -146,6 +151,25 @@ impl Ledger {
     pub async fn apply(
         &self,
         batch: &BTreeMap<SkuId, Vec<Event>>,
+    ) -> Result<ApplyReport, LedgerError> {
+        self.apply_fenced(batch, true).await
+    }
+
+    /// Applies events whatever their stream position, leaving every SKU's
+    /// applied position where it is: for a dead letter an operator retries
+    /// after the events that followed it were applied. Event ids still make
+    /// it exactly once.
+    pub(super) async fn apply_out_of_order(
+        &self,
+        batch: &BTreeMap<SkuId, Vec<Event>>,
+    ) -> Result<ApplyReport, LedgerError> {
+        self.apply_fenced(batch, false).await
+    }
+
+    async fn apply_fenced(
+        &self,
+        batch: &BTreeMap<SkuId, Vec<Event>>,
+        by_position: bool,
     ) -> Result<ApplyReport, LedgerError> {
         let mut report = ApplyReport::default();
         if batch.values().all(Vec::is_empty) {
@@ -231,11 +255,13 @@ impl Ledger {
             for event in events {
                 // Older epochs are fenced off: those events were written by a
                 // gate since rebuilt from this ledger, which never had them.
-                if event.position <= sku.applied {
-                    report.skipped += 1;
-                    continue;
+                if by_position {
+                    if event.position <= sku.applied {
+                        report.skipped += 1;
+                        continue;
+                    }
+                    sku.applied = event.position;
                 }
-                sku.applied = event.position;
                 if recorded.contains(&event.event_id) || !seen.insert(event.event_id) {
                     tracing::warn!(sku = %id, event_id = %event.event_id, "duplicate event skipped");
                     report.skipped += 1;
@@ -316,7 +342,8 @@ fn apply_one(
             fingerprint,
         } => {
             if holds.contains_key(&hold_id.uuid()) {
-                return Movement::new("admit").because("duplicate admit of a known hold".into());
+                return Movement::new(MovementKind::Admit)
+                    .because("duplicate admit of a known hold".into());
             }
             let available = sku.on_hand - sku.held - sku.sold;
             let refused = available < *quantity;
@@ -346,14 +373,14 @@ fn apply_one(
                     hold_id: *hold_id,
                     quantity: *quantity,
                 });
-                return Movement::new("lost").because(format!(
+                return Movement::new(MovementKind::Lost).because(format!(
                     "ledger refused admit of {quantity}: {available} available"
                 ));
             }
             sku.held += quantity;
             Movement {
                 held_delta: *quantity,
-                ..Movement::new("admit")
+                ..Movement::new(MovementKind::Admit)
             }
         }
         Change::Settle { hold_id, to, .. } => {
@@ -385,11 +412,10 @@ fn apply_one(
             Some(hold) if hold.state == HoldState::Held => {
                 hold.expires_at_ms = *expires_at_ms;
                 hold.extensions += 1;
-                Movement::new("extend")
+                Movement::new(MovementKind::Extend)
             }
-            _ => {
-                Movement::new("extend").because("hold not held in the ledger; nothing moved".into())
-            }
+            _ => Movement::new(MovementKind::Extend)
+                .because("hold not held in the ledger; nothing moved".into()),
         },
         Change::Adjust {
             on_hand_delta,
@@ -403,7 +429,7 @@ fn apply_one(
             sku.max_extensions = *max_extensions;
             let on_hand = sku.on_hand + on_hand_delta;
             if on_hand < sku.held + sku.sold {
-                return Movement::new("adjustment").because(format!(
+                return Movement::new(MovementKind::Adjustment).because(format!(
                     "refused by the ledger ({on_hand} on hand < {} held + sold): {reason}",
                     sku.held + sku.sold
                 ));
@@ -411,7 +437,7 @@ fn apply_one(
             sku.on_hand = on_hand;
             Movement {
                 quantity_delta: *on_hand_delta,
-                ..Movement::new("adjustment")
+                ..Movement::new(MovementKind::Adjustment)
             }
             .because(reason.clone())
         }

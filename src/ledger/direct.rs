@@ -1,5 +1,5 @@
 //! Postgres-direct admission: the pattern most shops use today, kept as the
-//! benchmark peer of the gate and as the fallback when Redis is down.
+//! benchmark peer of the gate (`DROPGATE_ADMISSION=postgres`).
 //!
 //! Admission is one conditional UPDATE (`held = held + q WHERE on_hand -
 //! held - sold >= q`), which also locks the SKU row so every other check in
@@ -9,10 +9,9 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, now_ms, time_from_ms, CustomerId, HoldId, HoldState, IdempotencyKey, Quantity,
-    SkuId,
+    ms_from_time, time_from_ms, Admission, CustomerId, HoldId, HoldState, IdempotencyKey,
+    MovementKind, Quantity, SkuId,
 };
-use crate::gate::Admission;
 use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -30,15 +29,32 @@ pub enum DirectTransition {
     NoHold,
 }
 
+/// One Postgres-direct admission, as the service layer asks for it.
+pub struct DirectAdmission<'a> {
+    pub sku: &'a SkuId,
+    pub customer: &'a CustomerId,
+    pub quantity: Quantity,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: &'a str,
+    pub now_ms: i64,
+    /// Random bytes for the hold id.
+    pub entropy: [u8; 16],
+}
+
 impl Ledger {
     pub async fn admit_direct(
         &self,
-        sku: &SkuId,
-        customer: &CustomerId,
-        quantity: Quantity,
-        key: &IdempotencyKey,
-        fingerprint: &str,
+        request: DirectAdmission<'_>,
     ) -> Result<Admission, LedgerError> {
+        let DirectAdmission {
+            sku,
+            customer,
+            quantity,
+            key,
+            fingerprint,
+            now_ms,
+            entropy,
+        } = request;
         let q = i64::from(quantity.get());
         let mut tx = self.pool.begin().await?;
         let taken = sqlx::query(
@@ -70,7 +86,7 @@ impl Ledger {
                 .bind(sku.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                Some(next.map_or(1000, |t| (ms_from_time(t) - now_ms()).max(1000)))
+                Some(next.map_or(1000, |t| (ms_from_time(t) - now_ms).max(1000)))
             } else {
                 None
             };
@@ -97,8 +113,8 @@ impl Ledger {
             }
         }
         let sku_no = u32::try_from(row.try_get::<i32, _>("sku_no")?).unwrap_or(0);
-        let now = now_ms();
-        let hold_id = HoldId::generate(sku_no, now);
+        let now = now_ms;
+        let hold_id = HoldId::new(sku_no, now, entropy);
         let expires_at_ms = now + row.try_get::<i64, _>("hold_ttl_ms")?;
         sqlx::query(
             "WITH h AS (
@@ -286,10 +302,11 @@ async fn settle(
     to: HoldState,
     reason: &str,
 ) -> Result<(), LedgerError> {
-    let (kind, sold) = match to {
-        HoldState::Confirmed => ("confirm", quantity),
-        HoldState::Released => ("release", 0),
-        _ => ("expire", 0),
+    let kind = MovementKind::settling(to).unwrap_or(MovementKind::Expire);
+    let sold = if to == HoldState::Confirmed {
+        quantity
+    } else {
+        0
     };
     sqlx::query("UPDATE holds SET state = $2, updated_at = now() WHERE hold_id = $1")
         .bind(hold_id.uuid())
@@ -311,7 +328,7 @@ async fn settle(
     .bind(Uuid::new_v4())
     .bind(sku)
     .bind(hold_id.uuid())
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(-quantity)
     .bind(sold)
     .bind(reason)

@@ -2,23 +2,68 @@
 //! side of reconciliation.
 
 use super::{Ledger, LedgerError, LedgerSku};
-use crate::domain::{ms_from_time, now_ms, HoldId, HoldState, SkuId};
-use crate::gate::{GateSku, RebuiltHold, RebuiltSku};
-use sqlx::Row;
+use crate::domain::{
+    ms_from_time, AdmittedKey, HoldId, HoldState, LiveHold, MovementKind, SkuId, SkuSnapshot,
+    IDEMPOTENCY_TTL_MS,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// Idempotency records are rebuilt for holds younger than this.
-const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+#[derive(sqlx::FromRow)]
+struct LiveHoldRow {
+    hold_id: Uuid,
+    customer_id: String,
+    quantity: i32,
+    expires_at: OffsetDateTime,
+    extensions: i32,
+    created_at: OffsetDateTime,
+}
+
+impl From<LiveHoldRow> for LiveHold {
+    fn from(row: LiveHoldRow) -> Self {
+        Self {
+            hold_id: HoldId::from_uuid(row.hold_id),
+            customer_id: row.customer_id,
+            quantity: i64::from(row.quantity),
+            expires_at_ms: ms_from_time(row.expires_at),
+            extensions: i64::from(row.extensions),
+            created_ms: ms_from_time(row.created_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AdmittedKeyRow {
+    hold_id: Uuid,
+    idempotency_key: String,
+    request_fingerprint: String,
+    created_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+}
+
+impl From<AdmittedKeyRow> for AdmittedKey {
+    fn from(row: AdmittedKeyRow) -> Self {
+        Self {
+            key: row.idempotency_key,
+            fingerprint: row.request_fingerprint,
+            hold_id: HoldId::from_uuid(row.hold_id),
+            expires_at_ms: ms_from_time(row.expires_at),
+            created_ms: ms_from_time(row.created_at),
+        }
+    }
+}
 
 impl Ledger {
     /// Starts a new gate epoch; every event of an older one is fenced off.
-    pub async fn start_epoch(&self, reason: &str) -> Result<i64, LedgerError> {
+    /// The new epoch is above `above` too: a gate left by another ledger may
+    /// have counted further, and its events must stay fenced off.
+    pub async fn start_epoch(&self, reason: &str, above: i64) -> Result<i64, LedgerError> {
         Ok(sqlx::query_scalar(
             "INSERT INTO gate_epochs (epoch, reason)
-             SELECT coalesce(max(epoch), 0) + 1, $1 FROM gate_epochs RETURNING epoch",
+             SELECT greatest(coalesce(max(epoch), 0), $2) + 1, $1 FROM gate_epochs RETURNING epoch",
         )
         .bind(reason)
+        .bind(above)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -40,87 +85,63 @@ impl Ledger {
     }
 
     /// Moves the SKU to `epoch` and reads what the gate must hold for it:
-    /// counters, live holds, per-customer units, recent idempotency records.
-    pub async fn gate_source(
+    /// counters, live holds, per-customer units, admissions whose keys still
+    /// replay.
+    pub async fn snapshot_for_epoch(
         &self,
-        sku: &LedgerSku,
+        sku: &SkuId,
         epoch: i64,
-    ) -> Result<RebuiltSku, LedgerError> {
+    ) -> Result<SkuSnapshot, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        let row: LedgerSku = sqlx::query_as::<_, super::SkuRow>(&format!(
             "UPDATE skus SET epoch = $2, applied_seq = -1, updated_at = now() WHERE sku = $1
-             RETURNING on_hand, held, sold, per_customer_limit, hold_ttl_ms, max_extensions",
-        )
-        .bind(sku.sku.as_str())
+             RETURNING {}",
+            super::SKU_COLUMNS
+        ))
+        .bind(sku.as_str())
         .bind(epoch)
         .fetch_one(&mut *tx)
-        .await?;
-        let figures = GateSku {
-            on_hand: row.try_get("on_hand")?,
-            held: row.try_get("held")?,
-            sold: row.try_get("sold")?,
-            per_customer_limit: i64::from(row.try_get::<i32, _>("per_customer_limit")?),
-            hold_ttl_ms: row.try_get("hold_ttl_ms")?,
-            max_extensions: i64::from(row.try_get::<i32, _>("max_extensions")?),
-        };
-        let holds = sqlx::query(
+        .await?
+        .try_into()?;
+        let holds = sqlx::query_as::<_, LiveHoldRow>(
             "SELECT hold_id, customer_id, quantity, expires_at, extensions, created_at
              FROM holds WHERE sku = $1 AND state = 'held'",
         )
-        .bind(sku.sku.as_str())
+        .bind(sku.as_str())
         .fetch_all(&mut *tx)
         .await?
-        .iter()
-        .map(|r| {
-            Ok(RebuiltHold {
-                hold_id: HoldId::from_uuid(r.try_get("hold_id")?),
-                customer_id: r.try_get("customer_id")?,
-                quantity: i64::from(r.try_get::<i32, _>("quantity")?),
-                expires_at_ms: ms_from_time(r.try_get("expires_at")?),
-                extensions: i64::from(r.try_get::<i32, _>("extensions")?),
-                created_ms: ms_from_time(r.try_get("created_at")?),
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .into_iter()
+        .map(LiveHold::from)
+        .collect();
         let customers: Vec<(String, i64)> = sqlx::query_as(
             "SELECT customer_id, sum(quantity)::int8 FROM holds
              WHERE sku = $1 AND state IN ('held', 'confirmed') GROUP BY customer_id",
         )
-        .bind(sku.sku.as_str())
+        .bind(sku.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let now = now_ms();
-        let idempotency = sqlx::query(
+        let keys = sqlx::query_as::<_, AdmittedKeyRow>(
             "SELECT hold_id, idempotency_key, request_fingerprint, created_at, expires_at
              FROM holds WHERE sku = $1 AND idempotency_key IS NOT NULL
-               AND created_at > now() - interval '24 hours'",
+               AND request_fingerprint IS NOT NULL
+               AND created_at > now() - make_interval(secs => $2::float8 / 1000)",
         )
-        .bind(sku.sku.as_str())
+        .bind(sku.as_str())
+        .bind(IDEMPOTENCY_TTL_MS as f64)
         .fetch_all(&mut *tx)
         .await?
-        .iter()
-        .map(|r| {
-            let hold_id: Uuid = r.try_get("hold_id")?;
-            let key: String = r.try_get("idempotency_key")?;
-            let fingerprint: String = r.try_get("request_fingerprint")?;
-            let created = ms_from_time(r.try_get("created_at")?);
-            let record = format!(
-                "{fingerprint}|H|{}|{}",
-                hold_id.hyphenated(),
-                ms_from_time(r.try_get("expires_at")?)
-            );
-            Ok((key, record, created + IDEMPOTENCY_WINDOW_MS - now))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .into_iter()
+        .map(AdmittedKey::from)
+        .collect();
         tx.commit().await?;
-        Ok(RebuiltSku {
-            sku: sku.sku.clone(),
-            sku_no: sku.sku_no,
+        Ok(SkuSnapshot {
+            sku: row.sku,
+            sku_no: row.sku_no,
             epoch,
-            figures,
+            figures: row.figures,
             holds,
             customers,
-            idempotency,
+            keys,
         })
     }
 
@@ -188,11 +209,7 @@ impl Ledger {
         } else {
             0
         };
-        let kind = match to {
-            HoldState::Confirmed => "confirm",
-            HoldState::Released => "release",
-            _ => "expire",
-        };
+        let kind = MovementKind::settling(to).unwrap_or(MovementKind::Expire);
         sqlx::query(
             "INSERT INTO movements (event_id, sku, hold_id, kind, held_delta, sold_delta, reason, occurred_at)
              VALUES ($1, $2, $3, $4, $5, $6, 'reconciler: the gate settled this hold; its event never reached the ledger', now())",
@@ -200,7 +217,7 @@ impl Ledger {
         .bind(Uuid::new_v4())
         .bind(sku.as_str())
         .bind(hold_id.uuid())
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(-quantity)
         .bind(sold)
         .execute(&mut *tx)

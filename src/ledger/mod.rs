@@ -3,16 +3,20 @@
 //! schema's constraints make `held + sold > on_hand` impossible.
 
 mod apply;
+mod checks;
+mod dead_letters;
 mod direct;
 mod gate_source;
 
 pub use apply::{ApplyReport, LostHold};
-pub use direct::DirectTransition;
+pub use checks::{LedgerChecks, SkuChecks};
+pub use dead_letters::{DeadLetter, Resolution};
+pub use direct::{DirectAdmission, DirectTransition};
 
-use crate::domain::{HoldId, HoldState, Position, SkuId, SkuSettings};
+use crate::domain::{HoldId, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,11 +25,34 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("postgres: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A write would have taken `held + sold` above `on_hand`
+    /// (constraint `skus_no_oversell`): the ledger refused an oversell.
+    #[error("the ledger refused an oversell")]
+    Oversell,
+    /// A write would have moved a hold out of a terminal state
+    /// (trigger `holds_state_machine`).
+    #[error("the ledger refused a hold state change")]
+    HoldStateMachine,
     #[error("ledger invariant broken: {0}")]
     Invariant(String),
+}
+
+impl LedgerError {
+    /// Maps a database error to the typed error its constraint names.
+    fn from_database(error: sqlx::Error) -> Self {
+        let constraint = match &error {
+            sqlx::Error::Database(e) => e.constraint(),
+            _ => None,
+        };
+        match constraint {
+            Some("skus_no_oversell") => Self::Oversell,
+            Some("holds_state_machine") => Self::HoldStateMachine,
+            _ => Self::Database(error),
+        }
+    }
 }
 
 impl LedgerError {
@@ -44,8 +71,18 @@ impl LedgerError {
             | Self::Database(
                 sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed,
             ) => true,
-            Self::Database(_) | Self::Migrate(_) | Self::Invariant(_) => false,
+            Self::Database(_)
+            | Self::Migrate(_)
+            | Self::Oversell
+            | Self::HoldStateMachine
+            | Self::Invariant(_) => false,
         }
+    }
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::from_database(error)
     }
 }
 
@@ -84,13 +121,81 @@ pub struct LedgerHold {
 pub struct LedgerSku {
     pub sku: SkuId,
     pub sku_no: u32,
-    pub on_hand: i64,
-    pub held: i64,
-    pub sold: i64,
-    pub per_customer_limit: i64,
-    pub hold_ttl_ms: i64,
-    pub max_extensions: i64,
+    pub figures: SkuFigures,
+    /// The stream position of the last event applied.
     pub applied: Position,
+}
+
+/// The columns of `skus` every read of a SKU selects.
+const SKU_COLUMNS: &str = "sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, \
+                           max_extensions, epoch, applied_seq";
+
+/// A `skus` row as Postgres types it; [`LedgerSku`] is what the rest sees.
+#[derive(sqlx::FromRow)]
+struct SkuRow {
+    sku: String,
+    sku_no: i32,
+    on_hand: i64,
+    held: i64,
+    sold: i64,
+    per_customer_limit: i32,
+    hold_ttl_ms: i64,
+    max_extensions: i32,
+    epoch: i64,
+    applied_seq: i64,
+}
+
+impl TryFrom<SkuRow> for LedgerSku {
+    type Error = LedgerError;
+
+    fn try_from(row: SkuRow) -> Result<Self, LedgerError> {
+        Ok(Self {
+            sku: SkuId::parse(&row.sku).map_err(|e| LedgerError::Invariant(e.to_string()))?,
+            sku_no: u32::try_from(row.sku_no)
+                .map_err(|_| LedgerError::Invariant(format!("sku_no {}", row.sku_no)))?,
+            figures: SkuFigures {
+                stock: Stock {
+                    on_hand: row.on_hand,
+                    held: row.held,
+                    sold: row.sold,
+                },
+                per_customer_limit: i64::from(row.per_customer_limit),
+                hold_ttl_ms: row.hold_ttl_ms,
+                max_extensions: i64::from(row.max_extensions),
+            },
+            applied: Position {
+                epoch: row.epoch,
+                seq: row.applied_seq,
+            },
+        })
+    }
+}
+
+/// A `holds` row.
+#[derive(sqlx::FromRow)]
+struct HoldRow {
+    sku: String,
+    customer_id: String,
+    quantity: i32,
+    state: String,
+    extensions: i32,
+    expires_at: time::OffsetDateTime,
+}
+
+impl TryFrom<HoldRow> for LedgerHold {
+    type Error = LedgerError;
+
+    fn try_from(row: HoldRow) -> Result<Self, LedgerError> {
+        Ok(Self {
+            sku: SkuId::parse(&row.sku).map_err(|e| LedgerError::Invariant(e.to_string()))?,
+            customer_id: row.customer_id,
+            quantity: i64::from(row.quantity),
+            state: HoldState::parse(&row.state)
+                .ok_or_else(|| LedgerError::Invariant(format!("hold state {:?}", row.state)))?,
+            extensions: i64::from(row.extensions),
+            expires_at: row.expires_at,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -111,13 +216,44 @@ impl Ledger {
         Ok(Self { pool })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Runs `work` while holding the cluster-wide rebuild lock (a Postgres
+    /// advisory lock), so only one process rebuilds the gate at a time.
+    pub async fn with_rebuild_lock<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: From<LedgerError>,
+    {
+        /// "dropgate" in ASCII.
+        const REBUILD_LOCK: i64 = 0x6472_6f70_6761_7465;
+        let mut lock = self.pool.acquire().await.map_err(LedgerError::from)?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut *lock)
+            .await
+            .map_err(LedgerError::from)?;
+        let result = work.await;
+        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(REBUILD_LOCK)
+            .execute(&mut *lock)
+            .await
+        {
+            // Closing the session releases the lock too.
+            tracing::warn!(%error, "could not release the rebuild lock; closing its session");
+            lock.detach();
+        }
+        result
     }
 
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// This ledger's identity, created by the migrations.
+    pub async fn ledger_id(&self) -> Result<Uuid, LedgerError> {
+        Ok(sqlx::query_scalar("SELECT ledger_id FROM ledger_identity")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The newest gate epoch the ledger knows of.
@@ -152,13 +288,12 @@ impl Ledger {
     }
 
     pub async fn sku(&self, sku: &SkuId) -> Result<Option<LedgerSku>, LedgerError> {
-        let row = sqlx::query(
-            "SELECT sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, max_extensions, epoch, applied_seq FROM skus WHERE sku = $1",
-        )
-        .bind(sku.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| ledger_sku(&row)).transpose()
+        sqlx::query_as::<_, SkuRow>(&format!("SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1"))
+            .bind(sku.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(LedgerSku::try_from)
+            .transpose()
     }
 
     /// One page of SKUs ordered by id, after `after`.
@@ -167,15 +302,16 @@ impl Ledger {
         after: Option<&SkuId>,
         limit: i64,
     ) -> Result<Vec<LedgerSku>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, max_extensions, epoch, applied_seq FROM skus
-             WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2",
-        )
+        sqlx::query_as::<_, SkuRow>(&format!(
+            "SELECT {SKU_COLUMNS} FROM skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
+        ))
         .bind(after.map(SkuId::as_str))
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(ledger_sku).collect()
+        .await?
+        .into_iter()
+        .map(LedgerSku::try_from)
+        .collect()
     }
 
     /// Holds in the ledger per state (every state, zero included).
@@ -212,24 +348,14 @@ impl Ledger {
     }
 
     pub async fn hold(&self, hold_id: HoldId) -> Result<Option<LedgerHold>, LedgerError> {
-        let row = sqlx::query(
+        sqlx::query_as::<_, HoldRow>(
             "SELECT sku, customer_id, quantity, state, extensions, expires_at FROM holds WHERE hold_id = $1",
         )
         .bind(hold_id.uuid())
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let sku: String = row.try_get("sku")?;
-        let state: String = row.try_get("state")?;
-        Ok(Some(LedgerHold {
-            sku: SkuId::parse(&sku).map_err(|e| LedgerError::Invariant(e.to_string()))?,
-            customer_id: row.try_get("customer_id")?,
-            quantity: i64::from(row.try_get::<i32, _>("quantity")?),
-            state: HoldState::parse(&state)
-                .ok_or_else(|| LedgerError::Invariant(format!("hold state {state:?}")))?,
-            extensions: i64::from(row.try_get::<i32, _>("extensions")?),
-            expires_at: row.try_get("expires_at")?,
-        }))
+        .await?
+        .map(LedgerHold::try_from)
+        .transpose()
     }
 
     /// Movements of one event id (0 or 1): lets tests and tools check
@@ -251,24 +377,4 @@ impl Ledger {
                 .await?,
         )
     }
-}
-
-fn ledger_sku(row: &sqlx::postgres::PgRow) -> Result<LedgerSku, LedgerError> {
-    let sku: String = row.try_get("sku")?;
-    let sku_no: i32 = row.try_get("sku_no")?;
-    Ok(LedgerSku {
-        sku: SkuId::parse(&sku).map_err(|e| LedgerError::Invariant(e.to_string()))?,
-        sku_no: u32::try_from(sku_no)
-            .map_err(|_| LedgerError::Invariant(format!("sku_no {sku_no}")))?,
-        on_hand: row.try_get("on_hand")?,
-        held: row.try_get("held")?,
-        sold: row.try_get("sold")?,
-        per_customer_limit: i64::from(row.try_get::<i32, _>("per_customer_limit")?),
-        hold_ttl_ms: row.try_get("hold_ttl_ms")?,
-        max_extensions: i64::from(row.try_get::<i32, _>("max_extensions")?),
-        applied: Position {
-            epoch: row.try_get("epoch")?,
-            seq: row.try_get("applied_seq")?,
-        },
-    })
 }

@@ -1,0 +1,79 @@
+//! Idempotency: what makes two requests "the same", and the record an
+//! admission that took units leaves behind so a retry replays it.
+//!
+//! The record is a string `<fingerprint>|H|<hold id>|<expires_at_ms>`,
+//! written by `lua/admit.lua` and, when the gate is rebuilt, from the
+//! ledger's holds. This module is the one Rust reader and writer of it.
+
+use super::{Admission, CustomerId, HoldId, Quantity};
+
+/// Replays are answered for at least this long (the contract says 24 h).
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Same customer and quantity, same fingerprint: what makes a replay.
+pub fn fingerprint(customer: &CustomerId, quantity: Quantity) -> String {
+    let digest = sha1_smol::Sha1::from(format!("{}\n{}", customer.as_str(), quantity.get()))
+        .digest()
+        .to_string();
+    digest[..16].to_owned()
+}
+
+/// A stored outcome, without its fingerprint: `H|<hold id>|<expires_at_ms>`.
+/// Older records may hold a rejection (`S|…`, `L|…`); they still decode.
+pub fn decode_outcome(record: &str) -> Option<Admission> {
+    let parts: Vec<&str> = record.split('|').collect();
+    let int = |s: &str| s.parse::<i64>().ok();
+    match parts.as_slice() {
+        ["H", hold_id, expires_at_ms] => Some(Admission::Held {
+            hold_id: HoldId::parse(hold_id)?,
+            expires_at_ms: int(expires_at_ms)?,
+        }),
+        ["S", retry_after_ms] => Some(Admission::sold_out(int(retry_after_ms)?)),
+        ["L", limit, already] => Some(Admission::LimitExceeded {
+            limit: int(limit)?,
+            already: int(already)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The full record of an admission that took units.
+pub fn encode_held(fingerprint: &str, hold_id: HoldId, expires_at_ms: i64) -> String {
+    format!("{fingerprint}|H|{hold_id}|{expires_at_ms}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_records_round_trip() {
+        let hold_id = HoldId::new(7, 1_795_000_000_000, [9; 16]);
+        let record = encode_held("0123456789abcdef", hold_id, 42);
+        let outcome = record.strip_prefix("0123456789abcdef|").map(decode_outcome);
+        assert_eq!(
+            outcome,
+            Some(Some(Admission::Held {
+                hold_id,
+                expires_at_ms: 42
+            }))
+        );
+        assert_eq!(
+            decode_outcome("S|0"),
+            Some(Admission::SoldOut {
+                retry_after_ms: None
+            })
+        );
+        assert_eq!(decode_outcome("H|not-a-uuid|1"), None);
+    }
+
+    #[test]
+    fn fingerprints_follow_customer_and_quantity() {
+        let c = |s| CustomerId::parse(s).expect("customer");
+        let q = |n| Quantity::parse(n).expect("quantity");
+        assert_eq!(fingerprint(&c("a"), q(1)), fingerprint(&c("a"), q(1)));
+        assert_ne!(fingerprint(&c("a"), q(1)), fingerprint(&c("a"), q(2)));
+        assert_ne!(fingerprint(&c("a"), q(1)), fingerprint(&c("b"), q(1)));
+        assert_eq!(fingerprint(&c("a"), q(1)).len(), 16);
+    }
+}

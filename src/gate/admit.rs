@@ -1,0 +1,118 @@
+//! Admitting one hold: `lua/admit.lua`.
+
+use super::reply::Fields;
+use super::script::{Fenced, Script};
+use super::{keys::Keys, GateError, MAX_EVENT_BACKLOG};
+use crate::domain::{
+    decode_outcome, fingerprint, Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId,
+    IDEMPOTENCY_TTL_MS,
+};
+use redis::{ScriptInvocation, Value};
+use std::sync::LazyLock;
+use uuid::Uuid;
+
+static SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/admit.lua")));
+
+/// Asks for `quantity` units of `sku` for `customer`, named by the client's
+/// idempotency `key`.
+#[derive(Debug, Clone)]
+pub struct Admit {
+    pub sku: SkuId,
+    /// The id the hold gets if it is admitted now.
+    pub hold_id: HoldId,
+    /// The id of the `admit` event, if the hold is admitted now.
+    pub event_id: Uuid,
+    pub customer: CustomerId,
+    pub quantity: Quantity,
+    pub key: IdempotencyKey,
+    /// What makes a retry "the same request" (see `domain::fingerprint`).
+    pub fingerprint: String,
+    pub now_ms: i64,
+    /// Refuse while the SKU's stream holds this many uncommitted events.
+    pub backlog_limit: i64,
+}
+
+impl Admit {
+    /// An admission with a fresh event id, the request's own fingerprint
+    /// and the service's backlog limit.
+    pub fn new(
+        sku: SkuId,
+        hold_id: HoldId,
+        customer: CustomerId,
+        quantity: Quantity,
+        key: IdempotencyKey,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            fingerprint: fingerprint(&customer, quantity),
+            sku,
+            hold_id,
+            event_id: Uuid::new_v4(),
+            customer,
+            quantity,
+            key,
+            now_ms,
+            backlog_limit: MAX_EVENT_BACKLOG,
+        }
+    }
+}
+
+impl Script for Admit {
+    type Reply = Fenced<Admission>;
+
+    fn name(&self) -> &'static str {
+        "admit"
+    }
+
+    fn invocation(&self, prefix: &str) -> ScriptInvocation<'static> {
+        let k = Keys::new(prefix);
+        let sku = &self.sku;
+        let mut invocation = SCRIPT.key(k.stock(sku));
+        invocation
+            .key(k.idempotency(sku, self.key.as_str()))
+            .key(k.customer(sku, self.customer.as_str()))
+            .key(k.hold(sku, self.hold_id))
+            .key(k.expiry(sku))
+            .key(k.events(sku))
+            .key(k.closed(sku))
+            .arg(self.hold_id.to_string())
+            .arg(self.event_id.to_string())
+            .arg(self.customer.as_str())
+            .arg(self.quantity.get())
+            .arg(self.now_ms)
+            .arg(&self.fingerprint)
+            .arg(IDEMPOTENCY_TTL_MS)
+            .arg(self.key.as_str())
+            .arg(self.backlog_limit);
+        invocation
+    }
+
+    fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
+        let reply = Fields::parse(self.name(), reply)?;
+        Ok(Fenced::Open(match reply.outcome()?.as_str() {
+            "held" => Admission::Held {
+                hold_id: HoldId::parse(&reply.text("hold_id")?)
+                    .ok_or_else(|| GateError::protocol("admit: bad hold_id"))?,
+                expires_at_ms: reply.int("expires_at_ms")?,
+            },
+            "replay" => {
+                let record = reply.text("record")?;
+                let first = decode_outcome(&record).ok_or_else(|| {
+                    GateError::protocol(format!("bad idempotency record {record:?}"))
+                })?;
+                Admission::Replayed(Box::new(first))
+            }
+            "reused" => Admission::KeyReused,
+            "sold_out" => Admission::sold_out(reply.int("retry_after_ms")?),
+            "limit" => Admission::LimitExceeded {
+                limit: reply.int("limit")?,
+                already: reply.int("already")?,
+            },
+            "no_sku" => Admission::UnknownSku,
+            "backlog" => Admission::Backlogged,
+            "closed" => return Ok(Fenced::Closed),
+            _ => return Err(reply.unexpected()),
+        }))
+    }
+}

@@ -1,0 +1,71 @@
+//! The reaper's step: expiring a SKU's due holds, `lua/expire.lua`.
+
+use super::reply::Fields;
+use super::script::{with_hold_lib, Fenced, Script};
+use super::{keys::Keys, GateError};
+use crate::domain::SkuId;
+use redis::{ScriptInvocation, Value};
+use std::sync::LazyLock;
+use uuid::Uuid;
+
+static SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| with_hold_lib(include_str!("../../lua/expire.lua")));
+
+/// Expires up to `event_ids.len()` holds of `sku` whose expiry is at or
+/// before `now_ms`, one event id each.
+#[derive(Debug, Clone)]
+pub struct Expire {
+    pub sku: SkuId,
+    pub now_ms: i64,
+    pub event_ids: Vec<Uuid>,
+}
+
+impl Expire {
+    /// A batch of at most `batch` holds, with fresh event ids.
+    pub fn new(sku: SkuId, batch: usize, now_ms: i64) -> Self {
+        Self {
+            sku,
+            now_ms,
+            event_ids: (0..batch).map(|_| Uuid::new_v4()).collect(),
+        }
+    }
+}
+
+/// What one expiry batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Holds expired now.
+    pub expired: u64,
+    /// Due holds left for the next batch (non-zero when this one was full).
+    pub still_due: u64,
+}
+
+impl Script for Expire {
+    type Reply = Fenced<Expired>;
+
+    fn name(&self) -> &'static str {
+        "expire"
+    }
+
+    fn invocation(&self, prefix: &str) -> ScriptInvocation<'static> {
+        let k = Keys::new(prefix);
+        let mut invocation = SCRIPT.key(k.expiry(&self.sku));
+        invocation.arg(k.base(&self.sku)).arg(self.now_ms);
+        for event_id in &self.event_ids {
+            invocation.arg(event_id.to_string());
+        }
+        invocation
+    }
+
+    fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
+        let reply = Fields::parse(self.name(), reply)?;
+        match reply.outcome()?.as_str() {
+            "expired" => Ok(Fenced::Open(Expired {
+                expired: reply.unsigned("expired")?,
+                still_due: reply.unsigned("still_due")?,
+            })),
+            "closed" => Ok(Fenced::Closed),
+            _ => Err(reply.unexpected()),
+        }
+    }
+}

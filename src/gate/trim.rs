@@ -1,0 +1,41 @@
+//! Dropping a stream's acknowledged entries: `lua/trim.lua`.
+
+use super::reply::Fields;
+use super::script::Script;
+use super::{keys::Keys, GateError, CONSUMER_GROUP};
+use crate::domain::SkuId;
+use redis::{ScriptInvocation, Value};
+use std::sync::LazyLock;
+
+static SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/trim.lua")));
+
+/// Drops the entries of a SKU's stream that the commit worker's group has
+/// acknowledged, keeping pending and undelivered ones.
+#[derive(Debug, Clone)]
+pub struct Trim {
+    pub sku: SkuId,
+}
+
+impl Script for Trim {
+    /// Entries dropped.
+    type Reply = u64;
+
+    fn name(&self) -> &'static str {
+        "trim"
+    }
+
+    fn invocation(&self, prefix: &str) -> ScriptInvocation<'static> {
+        let mut invocation = SCRIPT.key(Keys::new(prefix).events(&self.sku));
+        invocation.arg(CONSUMER_GROUP);
+        invocation
+    }
+
+    fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
+        let reply = Fields::parse(self.name(), reply)?;
+        match reply.outcome()?.as_str() {
+            "trimmed" => reply.unsigned("trimmed"),
+            _ => Err(reply.unexpected()),
+        }
+    }
+}
