@@ -10,7 +10,7 @@
 //! | `confirmed` | every `200` confirm is `confirmed` at rest, and no later answer shows it otherwise |
 //! | `released` | every `200` release is `released` at rest (or expired/lost after a Redis data loss) |
 //! | `idempotency` | a key names one hold, in every answer and in the ledger, and that hold is the key's |
-//! | `conservation` | at rest, every gatekeeper's figures equal the ledger's; `dropgate audit` passes; nothing still held |
+//! | `conservation` | at rest, every gatekeeper's figures equal the ledger's; `dropgate audit` passes; nothing still held; no event dead-lettered |
 //! | `adjustment` | an answered adjustment is in the ledger once; a refused one not at all; a retried one at most once |
 //! | `limit` | per customer, held + confirmed units never exceed the SKU's limit in the ledger |
 //! | `rejection` | every fresh `sold_out` / `limit_exceeded` on a main SKU is explained: at some moment of the request, the units that may have been out leave too few |
@@ -80,6 +80,9 @@ pub struct FinalState {
     pub gate_errors: Vec<String>,
     pub audit_exit: Option<i32>,
     pub audit_output: String,
+    /// Events the ledger set aside as unappliable, still open at rest.
+    #[serde(default)]
+    pub dead_letters: Vec<String>,
 }
 
 /// Everything the checker reads about one run.
@@ -596,6 +599,13 @@ fn check_conservation(ctx: &Context, report: &mut Report) {
                 &ops,
             );
         }
+    }
+    for dead in &fin.dead_letters {
+        report.violation(
+            "conservation",
+            format!("an event is dead-lettered at rest: {dead}"),
+            &[],
+        );
     }
     match fin.audit_exit {
         Some(0) => {}

@@ -219,6 +219,7 @@ fn run(builder: Builder, ledger: Vec<Figures>, holds: Vec<LedgerHold>) -> RunRec
             gate_errors: Vec::new(),
             audit_exit: Some(0),
             audit_output: String::new(),
+            dead_letters: Vec::new(),
         },
     }
 }
@@ -628,17 +629,20 @@ fn an_expires_at_from_a_skewed_clock_is_rejected() {
 }
 
 #[test]
-fn disagreement_at_rest_and_a_failed_audit_are_rejected() {
+fn disagreement_at_rest_a_failed_audit_and_a_dead_letter_are_rejected() {
     let mut run = legal_run();
     run.fin.gate[1].skus[0].held = 1;
     run.fin.audit_exit = Some(1);
+    run.fin
+        .dead_letters
+        .push("sku-a: text contains NUL".to_owned());
     let report = checker::check(&run);
     let conservation: Vec<_> = report
         .violations
         .iter()
         .filter(|v| v.check == "conservation")
         .collect();
-    assert_eq!(conservation.len(), 2, "{}", report.text(10));
+    assert_eq!(conservation.len(), 3, "{}", report.text(10));
 }
 
 #[test]

@@ -180,7 +180,6 @@ async fn campaign(args: Args) -> ExitCode {
 struct RunMeta {
     seed: u64,
     seconds: u64,
-    redis_down: String,
     started_wall_ms: i64,
     skus: Vec<SkuSpec>,
 }
@@ -190,15 +189,10 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Report> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let redis_down = if rng.random_bool(0.5) {
-        "fallback"
-    } else {
-        "reject"
-    };
     let faketime = topology::faketime_library();
     let main = workload::main_skus(&mut rng);
     println!(
-        "\nseed {seed}: {} s, DROPGATE_REDIS_DOWN={redis_down}, {}",
+        "\nseed {seed}: {} s, {}",
         args.seconds,
         main.iter()
             .map(|s| format!(
@@ -216,7 +210,6 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Report> {
         bin: args.bin.clone(),
         dir: dir.clone(),
         seed,
-        redis_down: redis_down.to_owned(),
         faketime: faketime.clone(),
     })
     .await?;
@@ -251,7 +244,6 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Report> {
     let meta = RunMeta {
         seed,
         seconds: args.seconds,
-        redis_down: redis_down.to_owned(),
         started_wall_ms: recorder_started_wall_ms(&recorder),
         skus: specs,
     };
@@ -492,6 +484,16 @@ async fn collect(
             .gate_errors
             .push(format!("ledger movements unreadable: {error}")),
     }
+    // Events the ledger set aside as unappliable (newer schemas only).
+    let dead: Result<Vec<(String, String)>, _> =
+        sqlx::query_as("SELECT sku, error FROM dead_letters WHERE state = 'open'")
+            .fetch_all(pool)
+            .await;
+    fin.dead_letters = dead
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(sku, error)| format!("{sku}: {error}"))
+        .collect();
     for (node, name) in shared.node_names().iter().enumerate() {
         let mut skus = Vec::new();
         for f in &fin.ledger {

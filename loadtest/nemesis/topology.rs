@@ -138,8 +138,6 @@ pub struct Settings {
     /// The run's directory: logs go to `logs/`.
     pub dir: PathBuf,
     pub seed: u64,
-    /// `reject` or `fallback` (DROPGATE_REDIS_DOWN).
-    pub redis_down: String,
     /// libfaketime, preloaded into gatekeeper 2 so its clock can be skewed.
     pub faketime: Option<PathBuf>,
 }
@@ -237,10 +235,6 @@ impl Topology {
                     STOREFRONT_TOKEN.to_owned(),
                 ),
                 ("DROPGATE_CUSTOMER_RPS".to_owned(), "0".to_owned()),
-                (
-                    "DROPGATE_REDIS_DOWN".to_owned(),
-                    settings.redis_down.clone(),
-                ),
             ]);
             if let (2, Some(library), Some(file)) = (n, &settings.faketime, &clock_file) {
                 env.extend([
