@@ -134,7 +134,10 @@ fn main() -> ExitCode {
 }
 
 async fn campaign(args: Args) -> ExitCode {
-    let base = args.seed.unwrap_or_else(rand::random);
+    // Random seeds stay short enough to type back in.
+    let base = args
+        .seed
+        .unwrap_or_else(|| u64::from(rand::random::<u32>()));
     println!(
         "nemesis: {} run(s) of {} s from seed {base} (replay one: --seed <seed> --runs 1)",
         args.runs, args.seconds
