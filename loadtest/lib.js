@@ -178,23 +178,23 @@ export function classifyAdmission(res, sku) {
   return 'error';
 }
 
-function admitParams(cfg, sku, key, name) {
+function admitParams(cfg, sku, key, name, extraTags) {
   return {
     headers: headers(cfg, key),
     // op:admission marks every admission request (first try, retry, duplicate).
-    tags: { name, sku, op: 'admission' },
+    tags: { ...(extraTags || {}), name, sku, op: 'admission' },
     timeout: cfg.timeout,
     // 409/429 are expected answers, not failed requests.
     responseCallback: http.expectedStatuses(201, 409, 429),
   };
 }
 
-export function admitRequest(cfg, sku, customer, key, name) {
+export function admitRequest(cfg, sku, customer, key, name, extraTags) {
   return {
     method: 'POST',
     url: `${cfg.baseUrl}/v1/skus/${sku}/holds`,
     body: JSON.stringify({ customer_id: customer, quantity: cfg.quantity }),
-    params: admitParams(cfg, sku, key, name || 'admit'),
+    params: admitParams(cfg, sku, key, name || 'admit', extraTags),
   };
 }
 
@@ -209,9 +209,10 @@ function checkAdmission(res) {
   });
 }
 
-// One admission. Returns { res, outcome, hold }.
-export function admit(cfg, sku, customer, key) {
-  const req = admitRequest(cfg, sku, customer, key, 'admit');
+// One admission; `extraTags` (optional) go on the request's metrics.
+// Returns { res, outcome, hold }.
+export function admit(cfg, sku, customer, key, extraTags) {
+  const req = admitRequest(cfg, sku, customer, key, 'admit', extraTags);
   const res = send(req);
   checkAdmission(res);
   const outcome = classifyAdmission(res, sku);

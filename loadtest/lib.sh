@@ -7,7 +7,8 @@
 DG_LT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DG_ROOT="$(cd "$DG_LT_DIR/.." && pwd)"
 DG_OUT="$DG_LT_DIR/out"
-DG_BIN="$DG_ROOT/target/release/dropgate"
+# cargo puts the binary under CARGO_TARGET_DIR when that is set.
+DG_BIN="${CARGO_TARGET_DIR:-$DG_ROOT/target}/release/dropgate"
 
 : "${REDIS_URL:=redis://127.0.0.1:6379/0}"
 : "${PGHOST:=127.0.0.1}"
@@ -20,6 +21,11 @@ DG_SAMPLER_PID=""
 DG_DB=""
 DG_PREFIX=""
 DG_FACTS=""
+# Other processes this run started (workers, load generators): stopped on exit.
+DG_PIDS=()
+# The private redis-server (dg_private_redis_start), stopped last on exit.
+DG_REDIS_PID=""
+DG_REDIS_DIR=""
 
 dg_log() { printf '[loadtest %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 dg_die() {
@@ -60,6 +66,31 @@ dg_profile() {
         : "${RATE:=200}" "${DURATION:=60s}" "${SAMPLE_S:=1}"
         DG_UNITS_RETURN=1
         ;;
+    flood)
+        # Many more clients than units: almost every answer is a rejection,
+        # and Redis must not grow with them. Its own Redis by default, so the
+        # used_memory delta is this run's alone.
+        DG_SCRIPT=flood.js
+        : "${SKUS:=flood}" "${STOCK:=1000}" "${HOLD_TTL_MS:=600000}"
+        : "${CLIENTS:=$((STOCK * 50))}" "${REQUESTS:=$((100000 + STOCK))}" "${RATE:=2000}"
+        : "${DURATION:=$(((REQUESTS + RATE - 1) / RATE))s}" "${SAMPLE_S:=1}" "${PRIVATE_REDIS:=1}"
+        : "${FLOOD_MAX_GROWTH_B:=1000000}" "${FLOOD_PER_REJECTIONS:=100000}"
+        CUSTOMER_SPACE="$CLIENTS"
+        export CLIENTS REQUESTS CUSTOMER_SPACE FLOOD_MAX_GROWTH_B FLOOD_PER_REJECTIONS
+        DG_UNITS_RETURN=0
+        ;;
+    dashboard)
+        # Admissions at RATE/s throughout; phases without and with VIEWERS
+        # polling the dashboard (and, CONTROL=1, with as many /healthz
+        # requests) take turns, ROUNDS times each.
+        DG_SCRIPT=dashboard.js
+        : "${SKUS:=dash}" "${STOCK:=100000000}" "${HOLD_TTL_MS:=600000}"
+        : "${RATE:=1000}" "${VIEWERS:=50}" "${POLL_HZ:=5}" "${PHASE_S:=10}" "${ROUNDS:=2}" "${SETTLE_S:=1}"
+        : "${CONTROL:=1}"
+        : "${DURATION:=$(((CONTROL == 1 ? 3 : 2) * ROUNDS * PHASE_S))s}" "${SAMPLE_S:=1}"
+        export VIEWERS POLL_HZ PHASE_S ROUNDS SETTLE_S CONTROL
+        DG_UNITS_RETURN=0
+        ;;
     soak)
         DG_SCRIPT=soak.js
         : "${SKUS:=soak-a,soak-b,soak-c}" "${STOCK:=10000000}" "${HOLD_TTL_MS:=5000}"
@@ -72,7 +103,7 @@ dg_profile() {
     esac
     : "${PER_CUSTOMER_LIMIT:=2}" "${MAX_EXTENSIONS:=1}" "${WARMUP_S:=0}" "${FLAT_PCT:=20}"
     : "${DROPGATE_CUSTOMER_RPS:=0}" "${DROPGATE_GLOBAL_RPS:=0}"
-    : "${CATCHUP_TIMEOUT_S:=30}"
+    : "${CATCHUP_TIMEOUT_S:=30}" "${PRIVATE_REDIS:=0}"
     export SKUS STOCK HOLD_TTL_MS SAMPLE_S WARMUP_S FLAT_PCT PER_CUSTOMER_LIMIT MAX_EXTENSIONS
     export PEAK_RPS RAMP DURATION RATE P99_MS
     DG_SCENARIO="$1"
@@ -128,6 +159,123 @@ dg_ensure_stores() {
     fi
 }
 
+# A redis-server of this run's own on a free port, so no other client's keys,
+# commands or CPU end up in the figures. Nothing is persisted; its directory
+# is removed on exit. Exports REDIS_URL for everything started after it.
+dg_private_redis_start() {
+    local port
+    port="$(dg_free_port)"
+    DG_REDIS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/dropgate-redis.XXXXXX")"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$DG_REDIS_DIR" --save "" --appendonly no \
+        --daemonize no --logfile "$DG_REDIS_DIR/redis.log" >/dev/null 2>&1 &
+    DG_REDIS_PID=$!
+    REDIS_URL="redis://127.0.0.1:$port/0"
+    # Nested runs (loadtest/bench runs loadtest/run) know it is private too.
+    DG_PRIVATE_REDIS_URL="$REDIS_URL"
+    export REDIS_URL DG_PRIVATE_REDIS_URL
+    for _ in $(seq 50); do
+        dg_redis ping 2>/dev/null | grep -q PONG && break
+        dg_alive "$DG_REDIS_PID" || break
+        sleep 0.1
+    done
+    dg_redis ping 2>/dev/null | grep -q PONG ||
+        dg_die "private redis-server on port $port does not answer: $(tail -n 5 "$DG_REDIS_DIR/redis.log" 2>/dev/null)"
+    dg_log "private redis-server on 127.0.0.1:$port (pid $DG_REDIS_PID, dir $DG_REDIS_DIR)"
+}
+
+dg_private_redis_stop() {
+    [[ -n "$DG_REDIS_PID" ]] || return 0
+    dg_stop_pid "$DG_REDIS_PID"
+    DG_REDIS_PID=""
+    [[ -n "$DG_REDIS_DIR" ]] && rm -rf "$DG_REDIS_DIR"
+    DG_REDIS_DIR=""
+}
+
+# ------------------------------------------------------------------ processes
+
+# True while the process runs (a zombie waiting to be reaped does not).
+dg_alive() {
+    [[ -n "$1" && -r "/proc/$1/stat" ]] || return 1
+    local state
+    state="$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null)"
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
+# TERM, up to 10 s for a clean stop, then KILL; reaps it when it is our child.
+dg_stop_pid() {
+    local pid="$1"
+    [[ -n "$pid" ]] || return 0
+    if dg_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 100); do dg_alive "$pid" || break; sleep 0.1; done
+        dg_alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# Starts "$@" in the background and records its pid for the cleanup. Use it
+# with a command, not a shell function: the function would run in a subshell
+# whose pid is not the process doing the work.
+dg_spawn() {
+    "$@" &
+    DG_SPAWNED=$!
+    DG_PIDS+=("$DG_SPAWNED")
+}
+
+# Runs "$@" (a command, not a function) in the background and waits for it:
+# a signal to the script then stops it at once through the cleanup, instead of
+# waiting for the command to finish first.
+dg_run() {
+    "$@" &
+    local pid=$! rc
+    DG_PIDS+=("$pid")
+    wait "$pid"
+    rc=$?
+    local kept=() p
+    for p in "${DG_PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
+    DG_PIDS=("${kept[@]}")
+    return "$rc"
+}
+
+# Every live process below this shell (children, grandchildren, ...).
+dg_descendants() {
+    ps -e -o pid= -o ppid= | awk -v root="$$" '
+        { parent[$1] = $2 }
+        END {
+            for (p in parent) {
+                q = p
+                for (depth = 0; depth < 64 && q != root && q > 1; depth++) q = parent[q]
+                if (q == root && p != root) print p
+            }
+        }'
+}
+
+# Stops the given processes and whatever else still runs below this shell,
+# except the private Redis: a process this run started never outlives it.
+# The caller takes the snapshot of descendants (dg_descendants) before it
+# stops anything, so children of a process it stopped (orphans by then, no
+# longer below this shell) are in it too.
+dg_reap_descendants() {
+    local pids=() pid
+    while read -r pid; do
+        [[ -z "$pid" || "$pid" == "$DG_REDIS_PID" ]] && continue
+        dg_alive "$pid" && pids+=("$pid")
+    done < <(printf '%s\n' "$@"; dg_descendants)
+    ((${#pids[@]})) || return 0
+    dg_log "stopping ${#pids[@]} leftover processes: $(ps -o pid=,comm= -p "$(IFS=,; echo "${pids[*]}")" 2>/dev/null | tr -s ' \n' ' ')"
+    kill -TERM "${pids[@]}" 2>/dev/null
+    for _ in $(seq 50); do
+        local left=0
+        for pid in "${pids[@]}"; do dg_alive "$pid" && left=1; done
+        ((left)) || break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do dg_alive "$pid" && kill -KILL "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+    return 0
+}
+
 # Key/value facts of this run, read by report.py.
 dg_fact() { printf '%s\t%s\n' "$1" "$2" >>"$DG_FACTS"; }
 
@@ -178,21 +326,42 @@ dg_cli() {
 
 dg_skus() { tr ',' '\n' <<<"$SKUS" | sed '/^$/d'; }
 
-dg_seed() {
-    local sku code body
-    body="{\"on_hand\": $STOCK, \"per_customer_limit\": $PER_CUSTOMER_LIMIT, \"hold_ttl_ms\": $HOLD_TTL_MS, \"max_extensions\": $MAX_EXTENSIONS}"
-    while read -r sku; do
-        code="$(curl -s -o "$DG_OUT/.seed" -w '%{http_code}' -X PUT "$DG_URL/v1/skus/$sku" \
-            -H "Authorization: Bearer $DG_ADMIN_TOKEN" -H 'Content-Type: application/json' -d "$body")"
-        [[ "$code" == 201 || "$code" == 200 ]] || dg_die "seeding $sku: HTTP $code $(cat "$DG_OUT/.seed")"
-    done < <(dg_skus)
+# PUT /v1/skus/<sku> with on_hand $2 and the run's settings.
+dg_put_sku() {
+    local sku="$1" on_hand="$2" code body
+    body="{\"on_hand\": $on_hand, \"per_customer_limit\": $PER_CUSTOMER_LIMIT, \"hold_ttl_ms\": $HOLD_TTL_MS, \"max_extensions\": $MAX_EXTENSIONS}"
+    code="$(curl -s -o "$DG_OUT/.seed" -w '%{http_code}' -X PUT "$DG_URL/v1/skus/$sku" \
+        -H "Authorization: Bearer $DG_ADMIN_TOKEN" -H 'Content-Type: application/json' -d "$body")"
+    [[ "$code" == 201 || "$code" == 200 ]] || dg_die "seeding $sku: HTTP $code $(cat "$DG_OUT/.seed")"
     rm -f "$DG_OUT/.seed"
+}
+
+dg_seed() {
+    local sku
+    while read -r sku; do dg_put_sku "$sku" "$STOCK"; done < <(dg_skus)
     dg_log "seeded $(dg_skus | wc -l) SKUs ($SKUS): on_hand $STOCK, per_customer_limit $PER_CUSTOMER_LIMIT, hold_ttl_ms $HOLD_TTL_MS"
 }
 
 # One gauge or counter from /metrics (first matching series), "" when absent.
 dg_metric() {
     curl -s "$DG_URL/metrics" | awk -v name="$1" '$1 == name { print $2; exit }'
+}
+
+# The sum of every series of one metric whose labels contain $2 (e.g.
+# 'outcome="held"'; "" for all), 0 when absent; "" when /metrics does not answer.
+dg_metric_sum() {
+    local text
+    text="$(curl -s --max-time 5 "$DG_URL/metrics")" || return 0
+    awk -v name="$1" -v want="$2" '
+        { split($1, parts, "{") }
+        parts[1] == name && index($1, want) { s += $2 }
+        END { printf "%.0f\n", s }' <<<"$text"
+}
+
+# Stops the running dropgate (TERM: it finishes what it holds, then exits).
+dg_stop_server() {
+    dg_stop_pid "$DG_PID"
+    DG_PID=""
 }
 
 dg_redis_used_memory() { dg_redis info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }'; }
@@ -208,7 +377,9 @@ dg_sampler_start() {
     start="$(date +%s)"
     echo "unix_s,elapsed_s,redis_used_memory,dropgate_rss_kb,commit_lag_s,admissions_total" >"$csv"
     (
-        trap 'exit 0' TERM
+        # The sleep goes with the sampler, or it would outlive the run.
+        sleeper=""
+        trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
         while true; do
             now="$(date +%s)"
             metrics="$(curl -s --max-time 2 "$DG_URL/metrics")"
@@ -216,7 +387,8 @@ dg_sampler_start() {
                 "$(awk '$1 == "dropgate_commit_lag_seconds" { print $2 }' <<<"$metrics")" \
                 "$(awk '/^dropgate_admissions_total/ { s += $2 } END { print s + 0 }' <<<"$metrics")" >>"$csv"
             sleep "$SAMPLE_S" &
-            wait $!
+            sleeper=$!
+            wait "$sleeper"
         done
     ) &
     DG_SAMPLER_PID=$!
@@ -371,26 +543,40 @@ dg_cleanup() {
     trap - EXIT INT TERM
     dg_sampler_stop
     if [[ "${KEEP:-0}" == 1 && -n "$DG_DB" ]]; then
-        dg_log "KEEP=1: leaving dropgate (pid $DG_PID, $DG_URL), database $DG_DB and keys $DG_PREFIX:* in place"
+        dg_log "KEEP=1: leaving dropgate (pid $DG_PID, $DG_URL), database $DG_DB and keys $DG_PREFIX:* in place" \
+            "${DG_REDIS_PID:+(private redis-server pid $DG_REDIS_PID, $REDIS_URL)}"
         exit "$rc"
     fi
-    if [[ -n "$DG_PID" ]] && kill -0 "$DG_PID" 2>/dev/null; then
-        kill -TERM "$DG_PID" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$DG_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$DG_PID" 2>/dev/null && kill -KILL "$DG_PID" 2>/dev/null
-        wait "$DG_PID" 2>/dev/null
-    fi
+    local running pid
+    running="$(dg_descendants)"
+    dg_stop_server
+    # Nested runners and workers first get the time to clean up after
+    # themselves (their own trap), then whatever is left goes.
+    for pid in "${DG_PIDS[@]}"; do dg_stop_pid "$pid"; done
+    DG_PIDS=()
+    dg_drop_run_data
+    # shellcheck disable=SC2086 # one pid a word
+    dg_reap_descendants $running
+    dg_private_redis_stop
+    exit "$rc"
+}
+
+# Drops this run's database and deletes its keys (a private Redis is emptied).
+dg_drop_run_data() {
     if [[ -n "$DG_DB" ]]; then
         dg_psql -c "DROP DATABASE IF EXISTS \"$DG_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
             dg_log "could not drop database $DG_DB"
     fi
-    if [[ -n "$DG_PREFIX" ]]; then
+    if [[ -n "$DG_REDIS_PID" ]]; then
+        dg_redis flushall >/dev/null 2>&1
+    elif [[ -n "$DG_PREFIX" ]]; then
         dg_redis --scan --pattern "$DG_PREFIX:*" 2>/dev/null |
             xargs -d '\n' -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1
         local left
         left="$(dg_redis --scan --pattern "$DG_PREFIX:*" 2>/dev/null | wc -l)"
         [[ "$left" == 0 ]] || dg_log "$left keys $DG_PREFIX:* left in Redis"
     fi
-    [[ -n "$DG_DB" ]] && dg_log "cleaned up: dropgate stopped, database $DG_DB dropped, keys $DG_PREFIX:* deleted"
-    exit "$rc"
+    [[ -n "$DG_DB" ]] && dg_log "cleaned up: database $DG_DB dropped, keys $DG_PREFIX:* deleted"
+    DG_DB="" DG_PREFIX=""
+    return 0
 }

@@ -141,6 +141,8 @@ for name in sorted(metrics):
         key = "admission"
     elif name.startswith("http_req_duration{name:"):
         key = name[len("http_req_duration{name:"):-1]
+    elif name.startswith("http_req_duration{phase:"):
+        key = "phase " + name[len("http_req_duration{phase:"):-1]
     else:
         continue
     latency[key] = {k: (round(v, 3) if v is not None else None) for k, v in k6trend(name).items()}
@@ -258,6 +260,13 @@ for s in (audit or {}).get("skus", []):
 
 # ---------------------------------------------------------------- performance
 
+
+def size_(b):
+    if b is None:
+        return "-"
+    return f"{b / 1048576:.2f} MiB" if abs(b) >= 1048576 else f"{b / 1024:.1f} KiB" if abs(b) >= 1024 else f"{b:.0f} B"
+
+
 if failed_thresholds:
     perf.append("k6 thresholds crossed: " + ", ".join(sorted(failed_thresholds)))
 
@@ -287,7 +296,10 @@ if prefix_after is not None:
     redis_memory["prefix_bytes_per_live_hold"] = round((prefix_after - prefix_before) / live_holds) \
         if live_holds else None
 others = (facts.get("redis_other_keys_before"), facts.get("redis_other_keys_after"))
-redis_memory["other_tenants_active"] = others[0] != others[1]
+# DBSIZE also counts keys that have expired but are not reclaimed yet (SCAN
+# skips them), so on a Redis of the run's own a difference means nothing.
+redis_memory["private_redis"] = facts.get("redis_private") == "true"
+redis_memory["other_tenants_active"] = others[0] != others[1] and not redis_memory["private_redis"]
 if redis_memory["other_tenants_active"]:
     notes.append(f"other clients changed their Redis keys during the run ({others[0]} → {others[1]} keys not "
                  f"ours): the used_memory delta is not this run's alone; the prefix total (MEMORY USAGE of "
@@ -344,6 +356,49 @@ if SCENARIO == "soak" or os.environ.get("FLAT_CHECK") == "1":
     else:
         notes.append("soak: too few samples after warm-up to judge memory growth")
 
+# Flood: Redis growth over a mass of rejections, which by contract store nothing.
+flood = None
+if SCENARIO == "flood":
+    rejections = requests.get("sold_out", 0) + requests.get("limit_exceeded", 0)
+    judged = redis_memory.get("prefix_bytes", 0) - prefix_before \
+        if redis_memory["other_tenants_active"] else delta
+    per = num(os.environ.get("FLOOD_PER_REJECTIONS"), 100000)
+    limit = num(os.environ.get("FLOOD_MAX_GROWTH_B"), 1000000)
+    flood = {"clients": int(num(os.environ.get("CLIENTS"), 0)), "rejections": rejections,
+             "redis_growth_bytes": int(judged),
+             "judged_on": "prefix MEMORY USAGE" if redis_memory["other_tenants_active"] else "used_memory",
+             "keys_after": redis_memory.get("prefix_keys"), "live_holds": live_holds,
+             f"growth_bytes_per_{int(per)}_rejections": round(judged / rejections * per) if rejections else None,
+             "limit_bytes": limit}
+    if rejections and judged / rejections * per >= limit:
+        perf.append(f"Redis grew {size_(judged)} over {rejections} rejections: "
+                    f"{size_(judged / rejections * per)} per {per:,.0f} (target < {size_(limit)})")
+
+# Dashboard: admission latency with and without viewers, same run.
+dashboard = None
+if SCENARIO == "dashboard":
+    quiet, viewed, control = latency.get("phase quiet"), latency.get("phase viewed"), latency.get("phase control")
+    polls = metrics.get("http_reqs{name:dashboard}", {}).get("values", {})
+    dashboard = {"viewers": os.environ.get("VIEWERS"), "poll_hz": os.environ.get("POLL_HZ"),
+                 "phase_s": os.environ.get("PHASE_S"), "rounds": os.environ.get("ROUNDS"),
+                 "dashboard_requests": int(polls.get("count", 0)),
+                 "dashboard_computations": int(sum(v for (n, _), v in server.items()
+                                                   if n == "dropgate_dashboard_computations_total")),
+                 "quiet_ms": quiet, "viewed_ms": viewed, "control_ms": control,
+                 "p99_ratio": round(viewed["p99"] / quiet["p99"], 3)
+                 if quiet and viewed and quiet.get("p99") else None,
+                 # The same number of /healthz requests instead: what is left
+                 # of the ratio is the dashboard's own cost.
+                 "control_p99_ratio": round(control["p99"] / quiet["p99"], 3)
+                 if quiet and control and quiet.get("p99") else None}
+    max_ratio = num(os.environ.get("DASHBOARD_MAX_RATIO"), 1.2)
+    dashboard["max_ratio"] = max_ratio
+    if dashboard["p99_ratio"] is None:
+        broken.append("no admissions in a quiet or a viewed phase: no p99 to compare")
+    elif dashboard["p99_ratio"] > max_ratio:
+        perf.append(f"dashboard viewers moved admission p99 by ×{dashboard['p99_ratio']} "
+                    f"(target ≤ ×{max_ratio})")
+
 # ---------------------------------------------------------------- verdict
 
 if failures:
@@ -359,14 +414,16 @@ if broken and failures:
 
 params = {k: os.environ.get(k) for k in ("SKUS", "STOCK", "HOLD_TTL_MS", "PER_CUSTOMER_LIMIT", "PEAK_RPS", "RAMP",
                                          "RATE", "DURATION", "P99_MS", "DROPGATE_CUSTOMER_RPS",
-                                         "DROPGATE_GLOBAL_RPS") if os.environ.get(k)}
+                                         "DROPGATE_GLOBAL_RPS", "DROPGATE_ADMIT_BATCH_MAX", "CLIENTS",
+                                         "REQUESTS", "VIEWERS", "POLL_HZ", "PHASE_S", "ROUNDS", "CONTROL")
+          if os.environ.get(k)}
 report = {
     "scenario": SCENARIO, "verdict": verdict, "exit_code": code, "params": params,
     "k6_run_s": run_s, "k6_exit": k6_rc, "requests": requests, "latency_ms": latency,
     "server_admission_latency_ms": server_admission_ms,
     "failed_thresholds": failed_thresholds, "skus": skus, "ledger_holds_by_state": by_state,
     "server_admissions_by_outcome": server_outcomes, "commit_lag": commit_lag, "redis_memory": redis_memory,
-    "process": process, "soak": soak, "audit_exit": audit_rc,
+    "process": process, "soak": soak, "flood": flood, "dashboard": dashboard, "audit_exit": audit_rc,
     "failures": failures, "broken": broken, "performance": perf, "notes": notes,
 }
 with open(path("report.json"), "w") as f:
@@ -451,6 +508,21 @@ if soak:
                  f"{size(num(soak['first']['dropgate_rss_kb']) * 1024)} → "
                  f"{size(num(soak['last']['dropgate_rss_kb']) * 1024)} ({soak['rss_growth_pct']:+}%); "
                  f"flat = within {soak['flat_pct']:.0f}%")
+if flood:
+    per_n = next(v for k, v in flood.items() if k.startswith("growth_bytes_per_"))
+    lines.append(f"flood         {flood['clients']} clients, {flood['rejections']} rejections: Redis grew "
+                 f"{size_(flood['redis_growth_bytes'])} ({flood['judged_on']}), "
+                 f"{size_(per_n)} per {num(os.environ.get('FLOOD_PER_REJECTIONS'), 100000):,.0f} rejections "
+                 f"(target < {size_(flood['limit_bytes'])}); {flood['keys_after']} keys for "
+                 f"{flood['live_holds']} live holds")
+if dashboard:
+    q, v = dashboard["quiet_ms"] or {}, dashboard["viewed_ms"] or {}
+    lines.append(f"dashboard     {dashboard['viewers']} viewers × {dashboard['poll_hz']}/s: "
+                 f"{dashboard['dashboard_requests']} dashboard requests, {dashboard['dashboard_computations']} "
+                 f"computations; admission p99 quiet {ms(q.get('p99'))} ms, viewed {ms(v.get('p99'))} ms, "
+                 f"ratio {dashboard['p99_ratio']} (target ≤ {dashboard['max_ratio']})"
+                 + (f"; control (as many /healthz) {ms(dashboard['control_ms'].get('p99'))} ms, ratio "
+                    f"{dashboard['control_p99_ratio']}" if dashboard["control_ms"] else ""))
 lines.append(f"audit         {'passed' if audit_rc == 0 else 'FAILED (exit %d)' % audit_rc}")
 for f_ in failures:
     lines.append(f"  FAIL  {f_}")
