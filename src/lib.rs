@@ -9,6 +9,9 @@
 //!   impossible; movements are append-only.
 //! * [`worker`]: streams events from the gate into the ledger in batches.
 //! * [`reaper`]: expires abandoned holds and returns their units.
+//! * [`reconciler`]: compares gate and ledger at a fence, repairs drift.
+//! * [`sweep`]: the slow round over every SKU that makes up for lost
+//!   activity hints; the services otherwise touch only SKUs that moved.
 //! * [`rebuild`]: builds the gate from the ledger when Redis is empty.
 //! * [`app`]: the operations, across gate and ledger.
 //! * [`http`]: the API of shared/API.md, problem+json errors.
@@ -31,5 +34,6 @@ pub mod reaper;
 pub mod rebuild;
 pub mod reconciler;
 pub mod startup;
+pub mod sweep;
 pub mod telemetry;
 pub mod worker;
