@@ -10,6 +10,8 @@
 --   outcome     "expired", or "closed" (the SKU is closed for a rebuild)
 --   expired     holds expired now
 --   still_due   due holds left for the next call (non-zero when the batch was full)
+--   next_due_ms the earliest expiry of the SKU's live holds after the call, or
+--               "" when none is left: the reaper's next hint for the SKU
 
 local expiry_key = KEYS[1]
 local base, now_ms = ARGV[1], tonumber(ARGV[2])
@@ -31,5 +33,7 @@ for i, hold_id in ipairs(due) do
     redis.call('ZREM', expiry_key, hold_id)
   end
 end
+local first = redis.call('ZRANGE', expiry_key, 0, 0, 'WITHSCORES')
 return {'outcome', 'expired', 'expired', expired,
-  'still_due', redis.call('ZCOUNT', expiry_key, '-inf', now_ms)}
+  'still_due', redis.call('ZCOUNT', expiry_key, '-inf', now_ms),
+  'next_due_ms', first[2] or ''}

@@ -6,12 +6,13 @@
 -- KEYS[1]  event stream  <prefix>:{sku}:events
 -- ARGV[1]  consumer group
 --
--- Reply, by name: outcome "trimmed", trimmed (entries dropped).
+-- Reply, by name: outcome "trimmed", trimmed (entries dropped), left (entries
+-- still in the stream: 0 means nothing is pending for any consumer either).
 
 local events_key, group = KEYS[1], ARGV[1]
 
 local function trimmed(n)
-  return {'outcome', 'trimmed', 'trimmed', n}
+  return {'outcome', 'trimmed', 'trimmed', n, 'left', redis.call('XLEN', events_key)}
 end
 
 local last_delivered = nil

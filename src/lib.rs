@@ -19,6 +19,8 @@
 //! * [`worker`]: streams events from the gate into the ledger in batches.
 //! * [`reaper`]: expires abandoned holds and returns their units.
 //! * [`reconciler`]: compares gate and ledger at a fence, repairs the gate.
+//! * [`sweep`]: the slow round over every SKU that makes up for lost
+//!   activity hints; the services otherwise touch only SKUs that moved.
 //! * [`rebuild`]: builds the gate from the ledger (empty Redis, or a gate
 //!   built from another ledger).
 //! * [`periodic`]: the loop the reaper and reconciler run in.
@@ -44,5 +46,6 @@ pub mod reaper;
 pub mod rebuild;
 pub mod reconciler;
 pub mod startup;
+pub mod sweep;
 pub mod telemetry;
 pub mod worker;

@@ -2,11 +2,27 @@
 //! in Redis atomically (expire.lua) and in the ledger through the events the
 //! script appends. Expiring twice is a no-op, and confirm, release and the
 //! reaper race safely because each settles a hold only while it is `held`.
+//!
+//! Work follows activity: each pass runs the script only for the SKUs the
+//! due set names as due now (see `gate::activity`), not for every SKU. The
+//! due set holds, per SKU, a time at or before its earliest live hold's
+//! expiry: an admission hints its hold's expiry (`ZADD LT` keeps the
+//! earliest), and the reaper, after expiring a SKU's due holds, hints the
+//! SKU's next expiry, which the script returns. It takes a SKU off the set
+//! *before* running the script, so a hold admitted meanwhile (whose hint is
+//! published after its admission) is either seen by the script or hinted
+//! afresh; a SKU is never taken off with a live hold unaccounted for.
+//! A hint that is lost anyway (a gatekeeper that died before publishing,
+//! Redis losing the set) is made good by a sweep: each pass reads the
+//! earliest expiry of a few SKUs, round the whole catalogue, and hints it.
 
 use crate::app::{AdmissionMode, AppError, Dropgate};
 use crate::clock::SharedClock;
+use crate::domain::SkuId;
 use crate::gate::{Expire, Expired, Fenced};
+use crate::sweep::Sweep;
 use crate::telemetry::metric;
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -20,6 +36,12 @@ pub struct Config {
     /// The "now" that decides which holds are due; `None` is the app's
     /// clock. Holds only Postgres knows are due by Postgres's own clock.
     pub clock: Option<SharedClock>,
+    /// SKUs handled per pass at most; the rest are due at the next pass.
+    pub due_skus_per_pass: usize,
+    /// SKUs whose earliest expiry the sweep reads per pass (one `ZRANGE`
+    /// each). A lost due hint is made good within `catalogue / sweep_skus`
+    /// passes.
+    pub sweep_skus: usize,
 }
 
 impl Default for Config {
@@ -29,6 +51,8 @@ impl Default for Config {
             interval: Duration::from_millis(200),
             batch_max_holds: 200,
             clock: None,
+            due_skus_per_pass: 1000,
+            sweep_skus: 6,
         }
     }
 }
@@ -38,6 +62,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("interval", &self.interval)
             .field("batch_max_holds", &self.batch_max_holds)
+            .field("due_skus_per_pass", &self.due_skus_per_pass)
+            .field("sweep_skus", &self.sweep_skus)
             .finish_non_exhaustive()
     }
 }
@@ -45,6 +71,8 @@ impl std::fmt::Debug for Config {
 pub struct Reaper {
     app: Dropgate,
     config: Config,
+    /// Where the sweep is in the catalogue; one pass at a time uses it.
+    sweep: tokio::sync::Mutex<Sweep>,
 }
 
 impl Reaper {
@@ -53,10 +81,15 @@ impl Reaper {
     }
 
     pub fn with_config(app: Dropgate, config: Config) -> Self {
-        Self { app, config }
+        Self {
+            app,
+            config,
+            sweep: tokio::sync::Mutex::new(Sweep::new()),
+        }
     }
 
-    /// Expires every due hold of every SKU; returns how many it expired.
+    /// Expires every due hold of every SKU that is due; returns how many it
+    /// expired.
     pub async fn run_once(&self) -> Result<u64, AppError> {
         let now_ms = match &self.config.clock {
             Some(clock) => clock.now_ms(),
@@ -80,29 +113,74 @@ impl Reaper {
 
     async fn expire_in_gate(&self, now_ms: i64) -> Result<u64, AppError> {
         let gate = &self.app.gate;
+        // This process's own admissions first: their hints may still be
+        // waiting for the publisher.
+        gate.publish_activity().await?;
+        let mut due: BTreeSet<SkuId> = BTreeSet::new();
+        let slice = self
+            .sweep
+            .lock()
+            .await
+            .next(gate, self.config.sweep_skus)
+            .await?;
+        for (sku, earliest) in slice.iter().zip(gate.earliest_expiries(&slice).await?) {
+            match earliest {
+                Some(at) if at <= now_ms => {
+                    due.insert(sku.clone());
+                }
+                Some(at) => gate.hint_due(sku, at),
+                None => {}
+            }
+        }
+        let hinted = gate.due_skus(now_ms, self.config.due_skus_per_pass).await?;
+        gate.take_due(&hinted).await?;
+        due.extend(hinted);
+
         let mut expired = 0;
-        for sku in gate.skus().await? {
-            loop {
-                let batch = Expire::new(sku.clone(), self.config.batch_max_holds, now_ms);
-                // A SKU closed for a rebuild comes back with its holds as the
-                // ledger has them; the next tick expires those.
-                let Fenced::Open(Expired {
-                    expired: now_expired,
-                    still_due,
-                }) = gate.expire(&batch).await?
-                else {
-                    break;
-                };
-                expired += now_expired;
-                if still_due == 0 || now_expired == 0 {
-                    break;
+        // Each SKU on its own: one that fails is hinted again (retried next
+        // pass) and the others go on.
+        for sku in &due {
+            match self.expire_sku(sku, now_ms).await {
+                Ok((now_expired, next_due)) => {
+                    expired += now_expired;
+                    if let Some(at) = next_due {
+                        gate.hint_due(sku, at);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%sku, %error, "reaper could not expire the SKU's holds");
+                    gate.hint_due(sku, now_ms);
                 }
             }
         }
         if expired > 0 {
             metrics::counter!(metric::HOLDS_EXPIRED_TOTAL).increment(expired);
         }
+        // The next due times, and the events just appended, for the worker.
+        gate.publish_activity().await?;
         Ok(expired)
+    }
+
+    /// Expires a SKU's due holds in bounded batches; returns how many, and
+    /// when its next live hold falls due. A SKU closed for a rebuild comes
+    /// back with its holds as the ledger has them, hinted by the rebuild.
+    async fn expire_sku(&self, sku: &SkuId, now_ms: i64) -> Result<(u64, Option<i64>), AppError> {
+        let mut expired = 0;
+        loop {
+            let batch = Expire::new(sku.clone(), self.config.batch_max_holds, now_ms);
+            let Fenced::Open(Expired {
+                expired: now_expired,
+                still_due,
+                next_due_ms,
+            }) = self.app.gate.expire(&batch).await?
+            else {
+                return Ok((expired, None));
+            };
+            expired += now_expired;
+            if still_due == 0 || now_expired == 0 {
+                return Ok((expired, next_due_ms));
+            }
+        }
     }
 
     pub async fn run(self, stop: watch::Receiver<bool>) {

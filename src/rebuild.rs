@@ -139,7 +139,7 @@ async fn record_foreign_gate(
 pub async fn restore_sku(app: &Dropgate, sku: &SkuId) -> Result<bool, AppError> {
     app.ledger
         .with_rebuild_lock(async {
-            if app.gate.sku(sku).await?.is_some() {
+            if app.gate.sku(sku).await?.is_some() || app.ledger.sku(sku).await?.is_none() {
                 return Ok(false);
             }
             // Closed first, as in a full rebuild: a change that lands now

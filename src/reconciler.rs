@@ -5,24 +5,51 @@
 //! a defect or tampering. The ledger wins: the gate is corrected (only if
 //! nothing moved since the fence) and a `reconcile` movement records what was
 //! found and changed. It also rebuilds the gate when Redis lost its data.
+//!
+//! Each pass checks the SKUs that moved since the last pass (named by the
+//! activity hints, see `gate::activity`) and a slice of the whole
+//! catalogue ([`Sweep`]), so a catalogue of idle SKUs costs a bounded
+//! number of checks per pass, and drift that no event announces (tampering,
+//! a lost hint) is found within one round of the sweep. Holds the ledger
+//! still has as `held` long after their expiry (their settling event was
+//! lost) are looked for across all SKUs in one query per pass.
 
 use crate::app::{AppError, Dropgate};
-use crate::domain::{HoldState, SkuId, Stock};
-use crate::gate::Fenced;
+use crate::domain::{HoldId, HoldState, SkuId, Stock};
+use crate::gate::{ActivityCursor, Fenced, Snapshot};
+use crate::ledger::LedgerSku;
+use crate::sweep::Sweep;
 use crate::telemetry::metric;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Activity entries read per call, and calls per pass at most.
+const HINT_ENTRIES_PER_READ: usize = 100;
+const HINT_READS_PER_PASS: usize = 10;
+
+/// SKUs whose ledger rows are read in one query.
+const CHECK_CHUNK: usize = 100;
+
+/// Overdue holds settled per pass at most.
+const ORPHANS_PER_ROUND: i64 = 500;
 
 /// How the reconciler runs; tests tune it.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Time between passes over every SKU.
+    /// Time between passes.
     pub interval: Duration,
     /// A ledger hold this far past its expiry should have been settled.
     pub orphan_grace: Duration,
     /// How often the holds-by-state gauge is refreshed: counting scans the
     /// table, so it is done now and then only.
     pub hold_count_interval: Duration,
+    /// SKUs that moved checked per pass at most; the rest wait for the next.
+    pub active_skus_per_pass: usize,
+    /// SKUs of the catalogue checked per pass besides those that moved: one
+    /// snapshot each, their ledger rows in one query. Drift no event
+    /// announces is found within `catalogue / sweep_skus` passes.
+    pub sweep_skus: usize,
 }
 
 impl Default for Config {
@@ -31,6 +58,8 @@ impl Default for Config {
             interval: Duration::from_secs(1),
             orphan_grace: Duration::from_secs(5),
             hold_count_interval: Duration::from_secs(15),
+            active_skus_per_pass: 1000,
+            sweep_skus: 32,
         }
     }
 }
@@ -59,6 +88,18 @@ pub struct Reconciler {
     config: Config,
     /// When holds were last counted by state (see `hold_count_interval`).
     holds_counted_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// What one pass leaves the next; one pass at a time holds it.
+    progress: tokio::sync::Mutex<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Where we are in the activity stream.
+    hints: ActivityCursor,
+    /// SKUs that moved and wait for their check: beyond one pass's bound,
+    /// or their last check failed.
+    active: BTreeSet<SkuId>,
+    sweep: Sweep,
 }
 
 impl Reconciler {
@@ -71,12 +112,18 @@ impl Reconciler {
             app,
             config,
             holds_counted_at: std::sync::Mutex::new(None),
+            progress: tokio::sync::Mutex::default(),
         }
     }
 
-    /// One pass over every SKU.
+    /// One pass: the SKUs that moved since the last pass, and the sweep's
+    /// next slice of the catalogue.
     pub async fn run_once(&self) -> Result<ReconcileReport, AppError> {
         crate::rebuild::ensure_gate(&self.app).await?;
+        let gate = &self.app.gate;
+        // This process's own hints first: they may still wait for the
+        // publisher.
+        gate.publish_activity().await?;
         let mut report = ReconcileReport::default();
         let counted_recently = self
             .holds_counted_at
@@ -94,23 +141,55 @@ impl Reconciler {
                 *at = Some(std::time::Instant::now());
             }
         }
-        // Each SKU on its own: one that fails (a store error, a bad event)
-        // is reported and the pass goes on with the others.
-        for sku in self.app.ledger.all_skus().await? {
-            match self.check(&sku.sku).await {
-                Ok(Some(drift)) => report.drift.push(drift),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(sku = %sku.sku, %error, "reconciler could not check the SKU");
-                    metrics::counter!(crate::telemetry::metric::RECONCILER_ERRORS_TOTAL)
-                        .increment(1);
-                    report.failed.push(sku.sku.clone());
-                    continue;
-                }
+        let mut progress = self.progress.lock().await;
+        self.settle_all_orphans().await?;
+        for _ in 0..HINT_READS_PER_PASS {
+            let hinted = gate
+                .hints(&mut progress.hints, HINT_ENTRIES_PER_READ)
+                .await?;
+            if hinted.is_empty() {
+                break;
             }
-            report.checked += 1;
+            progress.active.extend(hinted);
         }
+        let mut skus = BTreeSet::new();
+        while skus.len() < self.config.active_skus_per_pass {
+            let Some(sku) = progress.active.pop_first() else {
+                break;
+            };
+            skus.insert(sku);
+        }
+        skus.extend(progress.sweep.next(gate, self.config.sweep_skus).await?);
+        // Each SKU on its own: one that fails (a store error, a bad event)
+        // is reported, checked again next pass, and the others go on.
+        let skus: Vec<SkuId> = skus.into_iter().collect();
+        for chunk in skus.chunks(CHECK_CHUNK) {
+            self.check_all(chunk, &mut report).await;
+        }
+        progress.active.extend(report.failed.iter().cloned());
         Ok(report)
+    }
+
+    /// Settles the overdue holds of every SKU (see
+    /// [`settle_orphans`](Self::settle_orphans)), SKU by SKU.
+    async fn settle_all_orphans(&self) -> Result<(), AppError> {
+        let grace_ms = i64::try_from(self.config.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+        let mut overdue: BTreeMap<SkuId, Vec<HoldId>> = BTreeMap::new();
+        for (sku, hold_id) in self
+            .app
+            .ledger
+            .overdue_holds_anywhere(grace_ms, ORPHANS_PER_ROUND)
+            .await?
+        {
+            overdue.entry(sku).or_default().push(hold_id);
+        }
+        for (sku, holds) in overdue {
+            if let Err(error) = self.settle_overdue(&sku, holds).await {
+                tracing::warn!(%sku, %error, "reconciler could not settle the SKU's overdue holds");
+                metrics::counter!(crate::telemetry::metric::RECONCILER_ERRORS_TOTAL).increment(1);
+            }
+        }
+        Ok(())
     }
 
     /// Holds the ledger still has as `held` long after their expiry, while
@@ -119,7 +198,17 @@ impl Reconciler {
     /// movement saying why. Returns how many were settled.
     pub async fn settle_orphans(&self, sku: &SkuId) -> Result<u64, AppError> {
         let grace_ms = i64::try_from(self.config.orphan_grace.as_millis()).unwrap_or(i64::MAX);
-        let overdue = self.app.ledger.overdue_holds(sku, grace_ms, 500).await?;
+        let overdue = self
+            .app
+            .ledger
+            .overdue_holds(sku, grace_ms, ORPHANS_PER_ROUND)
+            .await?;
+        self.settle_overdue(sku, overdue).await
+    }
+
+    /// Settles the SKU's `overdue` ledger holds the way the gate settled
+    /// them; returns how many.
+    async fn settle_overdue(&self, sku: &SkuId, overdue: Vec<HoldId>) -> Result<u64, AppError> {
         if overdue.is_empty() {
             return Ok(0);
         }
@@ -140,19 +229,72 @@ impl Reconciler {
         Ok(settled)
     }
 
-    async fn check(&self, sku: &SkuId) -> Result<Option<Drift>, AppError> {
-        self.settle_orphans(sku).await?;
-        let Some(snapshot) = self.app.gate.snapshot(sku).await? else {
-            // The ledger has the SKU, the built gate does not: nothing would
-            // ever admit or change it again. Write it from the ledger.
-            crate::rebuild::restore_sku(&self.app, sku).await?;
-            return Ok(None);
-        };
-        if snapshot.last.is_some() {
-            self.app.flush(sku, snapshot.last).await?;
+    /// Checks `skus`: their snapshots one by one, their ledger rows in one
+    /// query, then each comparison.
+    async fn check_all(&self, skus: &[SkuId], report: &mut ReconcileReport) {
+        let mut snapshots = Vec::with_capacity(skus.len());
+        for sku in skus {
+            match self.app.gate.snapshot(sku).await {
+                Ok(Some(snapshot)) => snapshots.push((sku, snapshot)),
+                // Not in the built gate (or closed for a rebuild): when the
+                // ledger has it, nothing would ever admit or change it again,
+                // so it is written from the ledger.
+                Ok(None) => match crate::rebuild::restore_sku(&self.app, sku).await {
+                    Ok(_) => report.checked += 1,
+                    Err(error) => self.failed(sku, &error, report),
+                },
+                Err(error) => self.failed(sku, &error.into(), report),
+            }
         }
-        let Some(ledger) = self.app.ledger.sku(sku).await? else {
-            return Ok(None);
+        if snapshots.is_empty() {
+            return;
+        }
+        let names: Vec<SkuId> = snapshots.iter().map(|(sku, _)| (*sku).clone()).collect();
+        let mut rows = match self.app.ledger.skus_named(&names).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                let error = AppError::from(error);
+                for sku in &names {
+                    self.failed(sku, &error, report);
+                }
+                return;
+            }
+        };
+        for (sku, snapshot) in snapshots {
+            match self.check(sku, snapshot, rows.remove(sku)).await {
+                Ok(drift) => {
+                    report.drift.extend(drift);
+                    report.checked += 1;
+                }
+                Err(error) => self.failed(sku, &error, report),
+            }
+        }
+    }
+
+    fn failed(&self, sku: &SkuId, error: &AppError, report: &mut ReconcileReport) {
+        tracing::warn!(%sku, %error, "reconciler could not check the SKU");
+        metrics::counter!(crate::telemetry::metric::RECONCILER_ERRORS_TOTAL).increment(1);
+        report.failed.push(sku.clone());
+    }
+
+    /// Compares a SKU's `snapshot` with its ledger `row` (read after the
+    /// snapshot), once the ledger has reached the snapshot's fence.
+    async fn check(
+        &self,
+        sku: &SkuId,
+        snapshot: Snapshot,
+        row: Option<LedgerSku>,
+    ) -> Result<Option<Drift>, AppError> {
+        let ledger = match row {
+            None => return Ok(None),
+            Some(row) if snapshot.last.is_some_and(|fence| row.applied < fence) => {
+                self.app.flush(sku, snapshot.last).await?;
+                match self.app.ledger.sku(sku).await? {
+                    Some(row) => row,
+                    None => return Ok(None),
+                }
+            }
+            Some(row) => row,
         };
         if snapshot.last.is_some_and(|fence| ledger.applied < fence) {
             // The ledger could not reach the fence (events missing from the

@@ -117,6 +117,13 @@ impl Application {
         let mut background: Vec<JoinHandle<()>> = Vec::new();
         // Each service records into this application's metrics.
         let metrics = self.state.metrics.clone();
+        // The activity hints of this process's requests, for every
+        // process's background services.
+        let gate = self.state.app.gate.clone();
+        let stop = stop_rx.clone();
+        background.push(tokio::spawn(metrics.scope(async move {
+            gate.publish_activity_until(stop).await;
+        })));
         if !self.config.no_worker {
             let worker = Worker::new(self.state.app.clone(), self.config.worker)?;
             background.push(tokio::spawn(metrics.scope(worker.run(stop_rx.clone()))));

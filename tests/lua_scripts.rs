@@ -328,8 +328,15 @@ impl Lab {
         (reply, request.event_ids)
     }
 
-    async fn trim(&self) -> u64 {
-        self.gate.trim_events(&self.sku).await.expect("trim runs")
+    /// Entries trimmed, and asserts what is left is the stream's length.
+    async fn trim(&mut self) -> u64 {
+        let done = self.gate.trim_events(&self.sku).await.expect("trim runs");
+        assert_eq!(
+            done.left,
+            self.xlen().await as u64,
+            "left: the stream's length"
+        );
+        done.trimmed
     }
 
     // ---- reading and crafting state ----
@@ -1088,7 +1095,8 @@ async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
             reply,
             Fenced::Open(Expired {
                 expired: 0,
-                still_due: 0
+                still_due: 0,
+                next_due_ms: None,
             })
         );
         assert_eq!(lab.snapshot().await, before, "returned exactly once");
@@ -1159,7 +1167,8 @@ async fn expire_expires_only_due_holds_and_only_once() {
         reply,
         Fenced::Open(Expired {
             expired: 2,
-            still_due: 0
+            still_due: 0,
+            next_due_ms: Some(c.expires),
         })
     );
     assert_eq!(lab.counters().await, [10, 3, 0]);
@@ -1197,7 +1206,8 @@ async fn expire_expires_only_due_holds_and_only_once() {
         reply,
         Fenced::Open(Expired {
             expired: 0,
-            still_due: 0
+            still_due: 0,
+            next_due_ms: Some(c.expires),
         })
     );
     assert_eq!(lab.snapshot().await, before);
@@ -1213,13 +1223,19 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
         holds.push(lab.hold_for("alice", 1, NOW + n).await);
     }
     let now = NOW + TTL + 10;
-    let expired = |expired, still_due| Fenced::Open(Expired { expired, still_due });
+    let expired = |expired, still_due, next_due_ms| {
+        Fenced::Open(Expired {
+            expired,
+            still_due,
+            next_due_ms,
+        })
+    };
 
     let (first, first_ids) = lab.expire(now, 2).await;
-    assert_eq!(first, expired(2, 1));
+    assert_eq!(first, expired(2, 1, Some(holds[2].expires)));
     assert_eq!(lab.counters().await, [10, 1, 0]);
     let (second, second_ids) = lab.expire(now, 2).await;
-    assert_eq!(second, expired(1, 0));
+    assert_eq!(second, expired(1, 0, None));
     assert_eq!(lab.counters().await, [10, 0, 0]);
     assert_eq!(lab.get("c:alice").await, None);
 
@@ -1242,7 +1258,7 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
         .collect();
     assert_eq!(settled, expected, "earliest first, one event id each");
     let (third, _) = lab.expire(now, 2).await;
-    assert_eq!(third, expired(0, 0));
+    assert_eq!(third, expired(0, 0, None));
     lab.finish().await;
 }
 
@@ -1271,7 +1287,8 @@ async fn expire_drops_stale_entries_of_settled_or_missing_holds_without_counting
         reply,
         Fenced::Open(Expired {
             expired: 1,
-            still_due: 0
+            still_due: 0,
+            next_due_ms: None,
         })
     );
     let expiry = lab.key("expiry");
@@ -1388,7 +1405,9 @@ async fn trim_drops_acknowledged_entries_and_keeps_pending_and_undelivered_ones(
     let consumer = lab.gate.consumer("worker-1").unwrap();
     let skus = [lab.sku.clone()];
     let read = async || -> Vec<String> {
-        let deliveries = consumer.read_new(&skus, 100, 1).await.expect("XREADGROUP");
+        let read = consumer.read_new(&skus, 100).await.expect("XREADGROUP");
+        assert!(read.gone.is_empty());
+        let deliveries = read.entries;
         for delivery in &deliveries {
             assert_eq!(delivery.sku, skus[0]);
             assert_eq!(

@@ -2,7 +2,7 @@
 
 use super::reply::Fields;
 use super::script::{Fenced, Script};
-use super::{keys::Keys, GateError, MAX_EVENT_BACKLOG};
+use super::{keys::Keys, Activity, GateError, MAX_EVENT_BACKLOG};
 use crate::domain::{
     decode_outcome, fingerprint, Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId,
     IDEMPOTENCY_TTL_MS,
@@ -114,5 +114,16 @@ impl Script for Admit {
             "closed" => return Ok(Fenced::Closed),
             _ => return Err(reply.unexpected()),
         }))
+    }
+
+    /// Only a new hold appends an event; it falls due at its expiry.
+    fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
+        match reply {
+            Fenced::Open(Admission::Held { expires_at_ms, .. }) => Some(Activity {
+                sku: &self.sku,
+                due_ms: Some(*expires_at_ms),
+            }),
+            _ => None,
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::reply::Fields;
 use super::script::{with_hold_lib, Fenced, Script};
-use super::{keys::Keys, GateError};
+use super::{keys::Keys, Activity, GateError};
 use crate::domain::SkuId;
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
@@ -38,6 +38,9 @@ pub struct Expired {
     pub expired: u64,
     /// Due holds left for the next batch (non-zero when this one was full).
     pub still_due: u64,
+    /// The earliest expiry of the SKU's live holds after the batch; `None`
+    /// when it has none.
+    pub next_due_ms: Option<i64>,
 }
 
 impl Script for Expire {
@@ -63,9 +66,23 @@ impl Script for Expire {
             "expired" => Ok(Fenced::Open(Expired {
                 expired: reply.unsigned("expired")?,
                 still_due: reply.unsigned("still_due")?,
+                next_due_ms: match reply.text("next_due_ms")?.as_str() {
+                    "" => None,
+                    _ => Some(reply.int("next_due_ms")?),
+                },
             })),
             "closed" => Ok(Fenced::Closed),
             _ => Err(reply.unexpected()),
+        }
+    }
+
+    fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
+        match reply {
+            Fenced::Open(Expired { expired, .. }) if *expired > 0 => Some(Activity {
+                sku: &self.sku,
+                due_ms: None,
+            }),
+            _ => None,
         }
     }
 }

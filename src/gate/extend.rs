@@ -3,7 +3,7 @@
 use super::reply::Fields;
 use super::script::{with_hold_lib, Fenced, Script};
 use super::settle::Transition;
-use super::{keys::Keys, GateError};
+use super::{keys::Keys, Activity, GateError};
 use crate::domain::{HoldId, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
@@ -54,5 +54,14 @@ impl Script for Extend {
 
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
         Transition::decode(Fields::parse(self.name(), reply)?)
+    }
+
+    /// An extension moves the hold's expiry later, so the SKU's due hint
+    /// (at or before the old expiry) still holds.
+    fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
+        reply.appended().then_some(Activity {
+            sku: &self.sku,
+            due_ms: None,
+        })
     }
 }

@@ -63,6 +63,19 @@ impl<'a> Keys<'a> {
         format!("{}:skus", self.prefix)
     }
 
+    /// Stream of activity hints: each entry names SKUs whose event streams
+    /// got events (see `activity`). Not under a SKU's hash tag: written by
+    /// gatekeepers outside the scripts, once per interval.
+    pub(super) fn activity(self) -> String {
+        format!("{}:activity", self.prefix)
+    }
+
+    /// Sorted set SKU → the earliest time one of its holds may fall due,
+    /// for the reaper (see `activity`).
+    pub(super) fn due(self) -> String {
+        format!("{}:due", self.prefix)
+    }
+
     /// Present while the gate is built; its value is the gate epoch. Redis
     /// losing its data loses this key first-class, which is how we notice.
     pub(super) fn gate(self) -> String {

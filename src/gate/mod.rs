@@ -16,8 +16,11 @@
 //! * [`lose`](Lose): a hold the ledger refused.
 //! * [`trim`](Trim): dropping acknowledged stream entries.
 //! * `stream`: stream ranges, backlogs and the commit worker's [`Consumer`].
+//! * `activity`: hints of which SKUs have new events or holds falling due,
+//!   so the background services leave idle SKUs alone.
 //! * `rebuild`: closing a SKU and writing it anew from the ledger.
 
+mod activity;
 mod admit;
 mod connection;
 mod expire;
@@ -34,6 +37,7 @@ mod snapshot;
 mod stream;
 mod trim;
 
+pub use activity::{Activity, ActivityCursor, PUBLISH_INTERVAL};
 pub use admit::Admit;
 pub use connection::{GateConnection, Trouble};
 pub use expire::{Expire, Expired};
@@ -45,8 +49,8 @@ pub use script::{Fenced, Script};
 pub use set_sku::{SetSku, SkuChange, StockChange};
 pub use settle::{Settle, Settlement, Transition};
 pub use snapshot::{Snapshot, TakeSnapshot};
-pub use stream::{Consumer, Delivery};
-pub use trim::Trim;
+pub use stream::{Consumer, Deliveries, Delivery};
+pub use trim::{Trim, Trimmed};
 
 use crate::domain::{Admission, HoldId, HoldState, HoldTransition, SkuFigures, SkuId, Stock};
 use keys::Keys;
@@ -123,6 +127,9 @@ pub struct Gate {
     prefix: Arc<str>,
     /// SKU number → id. Immutable once assigned, so cached forever.
     sku_names: Arc<RwLock<HashMap<u32, SkuId>>>,
+    /// What the scripts run here left for the background services, until
+    /// published (see `activity`).
+    activity: Arc<activity::ActivityLog>,
 }
 
 fn connection_config(timeout: Duration) -> ConnectionManagerConfig {
@@ -145,6 +152,7 @@ impl Gate {
             timeout,
             prefix: prefix.into(),
             sku_names: Arc::default(),
+            activity: Arc::default(),
         })
     }
 
@@ -152,7 +160,8 @@ impl Gate {
         Keys::new(&self.prefix)
     }
 
-    /// Runs one script request and reads its reply.
+    /// Runs one script request and reads its reply, noting what it left
+    /// for the background services.
     async fn run<S: Script>(&self, request: &S) -> Result<S::Reply, GateError> {
         let started = Instant::now();
         let reply: redis::Value = request
@@ -162,7 +171,11 @@ impl Gate {
         // Round trip included.
         metrics::histogram!(crate::telemetry::metric::REDIS_SCRIPT_DURATION_SECONDS, "script" => request.name())
             .record(started.elapsed().as_secs_f64());
-        request.decode(reply)
+        let reply = request.decode(reply)?;
+        if let Some(activity) = request.activity(&reply) {
+            self.activity.record(activity);
+        }
+        Ok(reply)
     }
 
     pub async fn ping(&self) -> Result<(), GateError> {
@@ -252,8 +265,9 @@ impl Gate {
         .await
     }
 
-    /// Drops acknowledged entries from a SKU's stream; returns how many.
-    pub async fn trim_events(&self, sku: &SkuId) -> Result<u64, GateError> {
+    /// Drops acknowledged entries from a SKU's stream; says how many, and
+    /// how many are left.
+    pub async fn trim_events(&self, sku: &SkuId) -> Result<Trimmed, GateError> {
         self.run(&Trim { sku: sku.clone() }).await
     }
 

@@ -195,6 +195,11 @@ impl Gate {
             .query_async(&mut conn)
             .await?;
         self.remember(sku.sku_no, id.clone());
+        // The due set may have gone with the data that made the rebuild
+        // necessary: tell the reaper about the live holds written here.
+        if let Some(first_due) = sku.holds.iter().map(|h| h.expires_at_ms).min() {
+            self.hint_due(id, first_due);
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! `redis::Script` runs a script with EVALSHA and loads it on NOSCRIPT, so a
 //! Redis restart or a SCRIPT FLUSH costs one extra round trip, not an error.
 
-use super::GateError;
+use super::{Activity, GateError};
 use redis::{ScriptInvocation, Value};
 
 /// One script call. [`Gate`](super::Gate) runs these; the benchmark runs
@@ -23,6 +23,13 @@ pub trait Script {
 
     /// The script's reply, read by its named fields.
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError>;
+
+    /// What the call left for the background services: `Some` when it
+    /// appended an event to the SKU's stream (and created a hold that
+    /// will fall due). The gate publishes it as a hint (see `activity`).
+    fn activity(&self, _reply: &Self::Reply) -> Option<Activity<'_>> {
+        None
+    }
 }
 
 /// The reply of a script that changes a SKU. Such a script acts only while

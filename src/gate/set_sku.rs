@@ -3,7 +3,7 @@
 
 use super::reply::Fields;
 use super::script::{Fenced, Script};
-use super::{keys::Keys, GateError, CONSUMER_GROUP};
+use super::{keys::Keys, Activity, GateError, CONSUMER_GROUP};
 use crate::domain::{SkuFigures, SkuId, SkuSettings, Stock, IDEMPOTENCY_TTL_MS};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
@@ -151,5 +151,16 @@ impl Script for SetSku {
             "closed" => return Ok(Fenced::Closed),
             _ => return Err(reply.unexpected()),
         }))
+    }
+
+    fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
+        matches!(
+            reply,
+            Fenced::Open(SkuChange::Created(_) | SkuChange::Updated(_))
+        )
+        .then_some(Activity {
+            sku: &self.sku,
+            due_ms: None,
+        })
     }
 }

@@ -3,7 +3,7 @@
 
 use super::reply::{Fields, GateHold};
 use super::script::{with_hold_lib, Fenced, Script};
-use super::{keys::Keys, GateError};
+use super::{keys::Keys, Activity, GateError};
 use crate::domain::{HoldId, HoldState, Position, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
@@ -77,6 +77,13 @@ impl Script for Settle {
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
         Transition::decode(Fields::parse(self.name(), reply)?)
     }
+
+    fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
+        reply.appended().then_some(Activity {
+            sku: &self.sku,
+            due_ms: None,
+        })
+    }
 }
 
 /// What a hold script (settle, extend) decided.
@@ -100,6 +107,23 @@ pub enum Transition {
         hold: GateHold,
     },
     NoHold,
+}
+
+impl Fenced<Transition> {
+    /// Whether the call appended an event: the transition itself, or the
+    /// expiry of a hold found past due.
+    pub(super) fn appended(&self) -> bool {
+        matches!(
+            self,
+            Fenced::Open(
+                Transition::Done { .. }
+                    | Transition::Conflict {
+                        position: Some(_),
+                        ..
+                    }
+            )
+        )
+    }
 }
 
 impl Transition {

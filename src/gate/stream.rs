@@ -1,7 +1,9 @@
 //! The SKU event streams, as the ledger's side reads them: ranges for
-//! inline flushes, backlogs for the dashboard, and the commit worker's
-//! consumer (group reads, claims of what dead consumers left, acks).
+//! inline flushes, backlogs for the dashboard and the worker's sweep, and
+//! the commit worker's consumer (activity hints, group reads of the streams
+//! they name, claims of what dead consumers left, acks).
 
+use super::activity::{read_hints, ActivityCursor};
 use super::keys::Keys;
 use super::GateConnection;
 use super::{reply, Gate, GateError, CONSUMER_GROUP};
@@ -59,6 +61,7 @@ impl Gate {
             conn,
             prefix: Arc::clone(&self.prefix),
             name: name.to_owned(),
+            max_block_ms: usize::try_from(self.timeout.as_millis() / 2).unwrap_or(usize::MAX),
         })
     }
 }
@@ -83,11 +86,23 @@ pub struct Delivery {
     pub event: Result<Event, GateError>,
 }
 
+/// What a group read or a claim delivered.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    pub entries: Vec<Delivery>,
+    /// SKUs whose stream or consumer group does not exist (`NOGROUP`): a
+    /// SKU dropped from the gate, or being rebuilt. Nothing to read there.
+    pub gone: Vec<SkuId>,
+}
+
 /// A member of the commit worker's consumer group on every SKU stream.
 pub struct Consumer {
     conn: GateConnection,
     prefix: Arc<str>,
     name: String,
+    /// Longest a blocking read may wait: half the store timeout, which is
+    /// the connection's response timeout.
+    max_block_ms: usize,
 }
 
 impl Consumer {
@@ -99,6 +114,19 @@ impl Consumer {
         Keys::new(&self.prefix)
     }
 
+    /// SKUs named by activity hints after `cursor`, which moves on: at
+    /// most `entries` entries, waiting up to `block_ms` (capped at half the
+    /// store timeout) for the first when there are none, or not at all.
+    pub async fn hints(
+        &self,
+        cursor: &mut ActivityCursor,
+        entries: usize,
+        block_ms: Option<usize>,
+    ) -> Result<Vec<SkuId>, GateError> {
+        let block_ms = block_ms.map(|ms| ms.min(self.max_block_ms));
+        read_hints(&self.conn, self.keys(), cursor, entries, block_ms).await
+    }
+
     /// Claims, for this consumer, up to `count` entries per stream that were
     /// delivered at least `min_idle_ms` ago and never acknowledged: what a
     /// dead consumer left, or a batch of ours that failed to commit.
@@ -107,11 +135,11 @@ impl Consumer {
         skus: &[SkuId],
         min_idle_ms: usize,
         count: usize,
-    ) -> Result<Vec<Delivery>, GateError> {
+    ) -> Result<Deliveries, GateError> {
         let mut conn = self.conn.clone();
-        let mut deliveries = Vec::new();
+        let mut deliveries = Deliveries::default();
         for sku in skus {
-            let reply: StreamAutoClaimReply = conn
+            let reply: StreamAutoClaimReply = match conn
                 .xautoclaim_options(
                     self.keys().events(sku),
                     CONSUMER_GROUP,
@@ -120,23 +148,49 @@ impl Consumer {
                     "0-0",
                     StreamAutoClaimOptions::default().count(count),
                 )
-                .await?;
+                .await
+            {
+                Ok(reply) => reply,
+                Err(error) if is_no_group(&error) => {
+                    deliveries.gone.push(sku.clone());
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             for entry in reply.claimed {
-                deliveries.push(delivery(sku.clone(), &entry)?);
+                deliveries.entries.push(delivery(sku.clone(), &entry)?);
             }
         }
         Ok(deliveries)
     }
 
     /// New entries across the streams of `skus` (XREADGROUP `>`), at most
-    /// `count` per stream, waiting up to `block_ms` (keep it well below the
-    /// store timeout) when there are none.
-    pub async fn read_new(
-        &self,
-        skus: &[SkuId],
-        count: usize,
-        block_ms: usize,
-    ) -> Result<Vec<Delivery>, GateError> {
+    /// `count` per stream, without waiting. One command for all of them;
+    /// should one stream be gone, stream by stream.
+    pub async fn read_new(&self, skus: &[SkuId], count: usize) -> Result<Deliveries, GateError> {
+        match self.read_group(skus, count).await {
+            Err(GateError::Redis(error)) if is_no_group(&error) => {}
+            read => {
+                return read.map(|entries| Deliveries {
+                    entries,
+                    gone: Vec::new(),
+                })
+            }
+        }
+        let mut deliveries = Deliveries::default();
+        for sku in skus {
+            match self.read_group(std::slice::from_ref(sku), count).await {
+                Ok(entries) => deliveries.entries.extend(entries),
+                Err(GateError::Redis(error)) if is_no_group(&error) => {
+                    deliveries.gone.push(sku.clone());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn read_group(&self, skus: &[SkuId], count: usize) -> Result<Vec<Delivery>, GateError> {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
@@ -148,8 +202,7 @@ impl Consumer {
         let ids = vec![">"; keys.len()];
         let options = StreamReadOptions::default()
             .group(CONSUMER_GROUP, &self.name)
-            .count(count)
-            .block(block_ms);
+            .count(count);
         let reply: Option<StreamReadReply> = self
             .conn
             .clone()
@@ -181,6 +234,11 @@ impl Consumer {
             .await?;
         Ok(())
     }
+}
+
+/// `NOGROUP`: the stream, or its consumer group, does not exist.
+fn is_no_group(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOGROUP")
 }
 
 fn delivery(sku: SkuId, entry: &StreamId) -> Result<Delivery, GateError> {

@@ -17,9 +17,18 @@ pub struct Trim {
     pub sku: SkuId,
 }
 
-impl Script for Trim {
+/// What a trim did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
     /// Entries dropped.
-    type Reply = u64;
+    pub trimmed: u64,
+    /// Entries left: pending, or not yet delivered. None left means no
+    /// consumer, dead or alive, holds anything of the stream.
+    pub left: u64,
+}
+
+impl Script for Trim {
+    type Reply = Trimmed;
 
     fn name(&self) -> &'static str {
         "trim"
@@ -34,7 +43,10 @@ impl Script for Trim {
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
         let reply = Fields::parse(self.name(), reply)?;
         match reply.outcome()?.as_str() {
-            "trimmed" => reply.unsigned("trimmed"),
+            "trimmed" => Ok(Trimmed {
+                trimmed: reply.unsigned("trimmed")?,
+                left: reply.unsigned("left")?,
+            }),
             _ => Err(reply.unexpected()),
         }
     }

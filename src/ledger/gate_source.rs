@@ -181,6 +181,30 @@ impl Ledger {
         Ok(ids.into_iter().map(HoldId::from_uuid).collect())
     }
 
+    /// [`overdue_holds`](Self::overdue_holds) of every SKU at once, oldest
+    /// expiry first, at most `limit`: one query however many SKUs there are.
+    pub async fn overdue_holds_anywhere(
+        &self,
+        grace_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(SkuId, HoldId)>, LedgerError> {
+        let rows: Vec<(String, Uuid)> = sqlx::query_as(
+            "SELECT sku, hold_id FROM holds WHERE state = 'held'
+               AND expires_at < now() - make_interval(secs => $1::float8 / 1000)
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(grace_ms as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(sku, hold_id)| {
+                let sku = SkuId::parse(&sku).map_err(|e| LedgerError::Invariant(e.to_string()))?;
+                Ok((sku, HoldId::from_uuid(hold_id)))
+            })
+            .collect()
+    }
+
     /// Settles a hold the gate settled but whose event never reached the
     /// ledger, with a movement saying so. False if it was not `held` here.
     pub async fn settle_orphan(

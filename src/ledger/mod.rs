@@ -344,6 +344,23 @@ impl Ledger {
             .transpose()
     }
 
+    /// The SKUs of `skus` the ledger has, in one query.
+    pub async fn skus_named(
+        &self,
+        skus: &[SkuId],
+    ) -> Result<HashMap<SkuId, LedgerSku>, LedgerError> {
+        let names: Vec<&str> = skus.iter().map(SkuId::as_str).collect();
+        sqlx::query_as::<_, SkuRow>(&format!(
+            "SELECT {SKU_COLUMNS} FROM skus WHERE sku = ANY($1)"
+        ))
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|row| LedgerSku::try_from(row).map(|sku| (sku.sku.clone(), sku)))
+        .collect()
+    }
+
     /// One page of SKUs ordered by id, after `after`.
     pub async fn skus(
         &self,
