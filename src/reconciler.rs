@@ -81,6 +81,8 @@ pub struct ReconcileReport {
     pub drift: Vec<Drift>,
     /// SKUs that could not be checked this pass.
     pub failed: Vec<SkuId>,
+    /// SKUs checked that the built gate does not have.
+    pub missing: Vec<SkuId>,
 }
 
 pub struct Reconciler {
@@ -100,6 +102,11 @@ struct Progress {
     /// or their last check failed.
     active: BTreeSet<SkuId>,
     sweep: Sweep,
+    /// The round over the ledger's SKUs, which finds the ones the gate's
+    /// registry lacks (a `PUT` cut between the ledger and the gate).
+    ledger_after: Option<SkuId>,
+    /// SKUs the last pass found missing from the gate.
+    missing: BTreeSet<SkuId>,
 }
 
 impl Reconciler {
@@ -159,13 +166,38 @@ impl Reconciler {
             };
             skus.insert(sku);
         }
-        skus.extend(progress.sweep.next(gate, self.config.sweep_skus).await?);
+        // The sweep's budget is shared by two rounds: the gate's registry
+        // and the ledger's SKUs (which finds those the registry lacks).
+        let from_ledger = (self.config.sweep_skus / 2).max(1);
+        let from_gate = self.config.sweep_skus.saturating_sub(from_ledger);
+        skus.extend(progress.sweep.next(gate, from_gate).await?);
+        let page = self
+            .app
+            .ledger
+            .skus(progress.ledger_after.as_ref(), from_ledger as i64)
+            .await?;
+        progress.ledger_after = match page.last() {
+            Some(last) if page.len() == from_ledger => Some(last.sku.clone()),
+            _ => None,
+        };
+        skus.extend(page.into_iter().map(|row| row.sku));
         // Each SKU on its own: one that fails (a store error, a bad event)
         // is reported, checked again next pass, and the others go on.
         let skus: Vec<SkuId> = skus.into_iter().collect();
         for chunk in skus.chunks(CHECK_CHUNK) {
             self.check_all(chunk, &mut report).await;
         }
+        // A SKU the ledger has and the built gate lacked two passes running
+        // would never be admitted or changed again: write it from the
+        // ledger. One pass is not enough: a PUT creating a SKU makes the
+        // ledger's row a moment before the gate's.
+        let missing: BTreeSet<SkuId> = report.missing.iter().cloned().collect();
+        for sku in missing.intersection(&progress.missing) {
+            if let Err(error) = crate::rebuild::restore_sku(&self.app, sku).await {
+                self.failed(sku, &error, &mut report);
+            }
+        }
+        progress.missing = missing;
         progress.active.extend(report.failed.iter().cloned());
         Ok(report)
     }
@@ -236,13 +268,13 @@ impl Reconciler {
         for sku in skus {
             match self.app.gate.snapshot(sku).await {
                 Ok(Some(snapshot)) => snapshots.push((sku, snapshot)),
-                // Not in the built gate (or closed for a rebuild): when the
-                // ledger has it, nothing would ever admit or change it again,
-                // so it is written from the ledger.
-                Ok(None) => match crate::rebuild::restore_sku(&self.app, sku).await {
-                    Ok(_) => report.checked += 1,
-                    Err(error) => self.failed(sku, &error, report),
-                },
+                // Not in the built gate (or closed for a rebuild, or being
+                // created right now): noted, and restored from the ledger if
+                // still missing a pass later.
+                Ok(None) => {
+                    report.missing.push((*sku).clone());
+                    report.checked += 1;
+                }
                 Err(error) => self.failed(sku, &error.into(), report),
             }
         }
