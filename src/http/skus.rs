@@ -97,10 +97,7 @@ pub(super) async fn show(
     operation_id = "put_sku",
     tag = "skus",
     security(("admin" = [])),
-    params(
-        SkuParam,
-        ("Idempotency-Key" = Option<String>, Header, description = "Optional: the client's name for this change; a retry with the same key and body replays the first answer instead of changing stock again (24 h)", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", example = "restock-2026-12-01"),
-    ),
+    params(SkuParam),
     request_body(content = PutSkuRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Updated", body = Sku),
@@ -146,10 +143,7 @@ pub(super) async fn put(
     operation_id = "adjust_sku",
     tag = "skus",
     security(("admin" = [])),
-    params(
-        SkuParam,
-        ("Idempotency-Key" = Option<String>, Header, description = "Optional: the client's name for this change; a retry with the same key and body replays the first answer instead of changing stock again (24 h)", min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]{1,255}$", example = "restock-2026-12-01"),
-    ),
+    params(SkuParam),
     request_body(content = AdjustmentRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Adjusted: the SKU", body = Sku),
