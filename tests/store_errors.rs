@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
-use serde_json::{json, Value};
+use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -206,10 +206,12 @@ async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
     let (status, ready) = readyz(&app).await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["redis"], "out of memory");
-    assert!(ready["missing"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("redis (out of memory)")));
+    assert!(
+        ready["missing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("redis (out of memory)"))
+    );
     assert!(redis_errors(&app, "oom").await >= oom_before + 3);
 
     redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).unwrap();

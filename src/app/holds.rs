@@ -2,8 +2,8 @@
 //! release, extend. The gate decides; confirm answers only once the ledger
 //! has the confirmation.
 
-use super::{hold_view, AdmissionMode, AppError, Dropgate};
-use crate::domain::{time_from_ms, Hold, HoldId, HoldState, HoldTransition, SkuId};
+use super::{AdmissionMode, AppError, Dropgate, hold_view};
+use crate::domain::{Hold, HoldId, HoldState, HoldTransition, SkuId, time_from_ms};
 use crate::gate::{GateHold, Transition};
 use crate::ledger::{DirectTransition, LedgerError};
 

@@ -1,7 +1,7 @@
 //! SKU endpoints: read (storefront), create, update and adjust (admin).
 
 use super::error::Problem;
-use super::extract::{idempotency_key, validated, Admin, JsonObject, SkuPath, Storefront};
+use super::extract::{Admin, JsonObject, SkuPath, Storefront, idempotency_key, validated};
 use super::{ApiError, AppState};
 use crate::app::SkuOutcome;
 use crate::domain::{self, FieldError, SkuId, SkuSettings, StockRequest};

@@ -10,7 +10,7 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, MovementKind, Position, SkuId,
+    Change, Event, HoldId, HoldState, MovementKind, Position, SkuId, ms_from_time, time_from_ms,
 };
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -9,8 +9,8 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, time_from_ms, Admission, CustomerId, HoldId, HoldState, IdempotencyKey,
-    MovementKind, Quantity, SkuId,
+    Admission, CustomerId, HoldId, HoldState, IdempotencyKey, MovementKind, Quantity, SkuId,
+    ms_from_time, time_from_ms,
 };
 use sqlx::Row;
 use time::OffsetDateTime;
