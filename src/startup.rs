@@ -97,11 +97,6 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// The operations listener's address, when there is one.
-    pub fn ops_addr(&self) -> Option<std::io::Result<SocketAddr>> {
-        self.ops_listener.as_ref().map(TcpListener::local_addr)
-    }
-
     pub fn app(&self) -> &Dropgate {
         &self.state.app
     }

@@ -436,24 +436,4 @@ impl Ledger {
         .map(LedgerHold::try_from)
         .transpose()
     }
-
-    /// Movements of one event id (0 or 1): lets tests and tools check
-    /// exactly-once application.
-    pub async fn movement_count(&self, sku: &SkuId) -> Result<i64, LedgerError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM movements WHERE sku = $1")
-                .bind(sku.as_str())
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    pub async fn has_event(&self, event_id: Uuid) -> Result<bool, LedgerError> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM movements WHERE event_id = $1)")
-                .bind(event_id)
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
 }
