@@ -13,7 +13,9 @@ pub use checks::{LedgerChecks, SkuChecks};
 pub use dead_letters::{DeadLetter, Resolution};
 pub use direct::{DirectAdmission, DirectTransition};
 
-use crate::domain::{HoldId, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock};
+use crate::domain::{
+    HoldId, HoldIdKey, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock,
+};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
@@ -302,6 +304,22 @@ impl Ledger {
         Ok(sqlx::query_scalar("SELECT ledger_id FROM ledger_identity")
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    /// The key that signs this ledger's hold ids, created by the migrations.
+    pub async fn hold_id_key(&self) -> Result<HoldIdKey, LedgerError> {
+        let secret: Vec<u8> = sqlx::query_scalar("SELECT hold_id_key FROM ledger_identity")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(HoldIdKey::new(&secret))
+    }
+
+    /// Takes the next block of hold id serials; no other process gets it.
+    pub async fn take_hold_id_block(&self) -> Result<u64, LedgerError> {
+        let block: i64 = sqlx::query_scalar("SELECT nextval('hold_id_blocks')")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(block).map_err(|_| LedgerError::Invariant(format!("hold id block {block}")))
     }
 
     /// The newest gate epoch the ledger knows of.
