@@ -32,9 +32,19 @@ impl Dropgate {
         }
     }
 
-    /// Confirms a hold; answers only once the ledger has the confirmation.
+    /// Confirms a hold; answers only once the ledger has the confirmation,
+    /// and within one store timeout in all: the gate's decision and the
+    /// wait for the ledger share it. When it runs out the answer is
+    /// `OutOfTime`, which claims nothing: the gate may have confirmed, and a
+    /// retry finds the hold confirmed there and waits for the ledger again.
     pub async fn confirm(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        let (sku, transition) = match self.transition(hold_id, HoldTransition::Confirm).await? {
+        let deadline = tokio::time::Instant::now() + self.ledger.store_timeout();
+        let decided = within(
+            deadline,
+            "redis",
+            self.transition(hold_id, HoldTransition::Confirm),
+        );
+        let (sku, transition) = match decided.await? {
             Ok(decided) => decided,
             Err(outcome) => return Ok(outcome),
         };
@@ -42,13 +52,15 @@ impl Dropgate {
             Transition::Done { hold, position } => (hold, Some(position)),
             Transition::Same { hold } => (hold, None),
             other => {
-                return self
-                    .refused(hold_id, &sku, other, HoldTransition::Confirm)
-                    .await;
+                let refused = self.refused(hold_id, &sku, other, HoldTransition::Confirm);
+                return within(deadline, "postgres", refused).await;
             }
         };
-        self.flush(&sku, up_to).await?;
-        match self.ledger.hold(hold_id).await? {
+        let recorded = async {
+            self.flush(&sku, up_to).await?;
+            Ok(self.ledger.hold(hold_id).await?)
+        };
+        match within(deadline, "postgres", recorded).await? {
             Some(ledger) if ledger.state == HoldState::Confirmed => {
                 Ok(HoldOutcome::Ok(hold_view(hold_id, &sku, &hold, true)))
             }
@@ -217,4 +229,16 @@ impl Dropgate {
             durable: true,
         }))
     }
+}
+
+/// `work`, unless `deadline` passes first: then `OutOfTime`, blaming
+/// `dependency`, the store it was waiting for.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    dependency: &'static str,
+    work: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(AppError::OutOfTime(dependency)))
 }

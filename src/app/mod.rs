@@ -54,6 +54,10 @@ pub enum AppError {
     /// could be recorded, so it admits nothing.
     #[error("the ledger does not know this SKU")]
     UnknownToLedger,
+    /// The operation's store timeout ran out while it waited for this
+    /// store. What it did stands, and a retry completes it.
+    #[error("{0} did not answer within the store timeout")]
+    OutOfTime(&'static str),
 }
 
 impl AppError {
@@ -62,6 +66,7 @@ impl AppError {
         match self {
             Self::Gate(_) | Self::GateNotBuilt => "redis",
             Self::Ledger(_) | Self::UnknownToLedger => "postgres",
+            Self::OutOfTime(dependency) => dependency,
         }
     }
 }

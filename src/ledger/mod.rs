@@ -248,6 +248,8 @@ impl TryFrom<HoldRow> for LedgerHold {
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
+    /// The store timeout: what a caller may wait for the ledger.
+    timeout: Duration,
 }
 
 impl Ledger {
@@ -263,7 +265,12 @@ impl Ledger {
             .max_connections(16)
             .acquire_timeout(timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self { pool, timeout })
+    }
+
+    /// The store timeout the ledger was connected with.
+    pub fn store_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `work` while holding the cluster-wide rebuild lock (a Postgres
