@@ -32,20 +32,20 @@ use std::{
     env,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
         Arc,
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use dropgate::domain::{
     Admission, CustomerId, HoldId, HoldIdKey, IdempotencyKey, Quantity, SkuId, SkuSettings,
 };
 use dropgate::gate::{Admit, Fenced, Script, SetSku, SkuChange, StockChange};
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     AsyncConnectionConfig, Client, ScriptInvocation, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
 use serde_json::json;
 use tokio::task::JoinSet;

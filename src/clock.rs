@@ -2,8 +2,8 @@
 //! tests place fixtures exactly either side of a boundary instead of
 //! sleeping, and the domain stays free of I/O.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// A source of wall-clock time in unix milliseconds.
 pub trait Clock: Send + Sync + 'static {

@@ -8,7 +8,7 @@ use crate::http::{self, AppState, Tokens};
 use crate::ledger::{self, Ledger};
 use crate::limits::RateLimits;
 use crate::reaper::Reaper;
-use crate::telemetry::{metric, Metrics};
+use crate::telemetry::{Metrics, metric};
 use crate::worker::Worker;
 use anyhow::Context;
 use std::future::Future;

@@ -176,9 +176,11 @@ async fn the_per_customer_limit_holds_under_concurrency() {
     assert_eq!(answers.iter().filter(|(s, _)| *s == 201).count(), 3);
     let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 409).collect();
     assert_eq!(refused.len(), 37);
-    assert!(refused
-        .iter()
-        .all(|(_, b)| b["code"] == "limit_exceeded" && b["per_customer_limit"] == 3));
+    assert!(
+        refused
+            .iter()
+            .all(|(_, b)| b["code"] == "limit_exceeded" && b["per_customer_limit"] == 3)
+    );
 
     // More than the customer may still take is limit_exceeded, not validation.
     assert_problem(

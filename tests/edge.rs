@@ -8,7 +8,7 @@
 mod common;
 
 use common::process::RedisServer;
-use common::{assert_problem, body, spawn_app, spawn_app_with, test_config, TestApp, ADMIN};
+use common::{ADMIN, TestApp, assert_problem, body, spawn_app, spawn_app_with, test_config};
 use serde_json::json;
 
 const SKU: &str = "drop";
@@ -461,10 +461,12 @@ async fn the_operations_listener_serves_dashboard_and_metrics_apart_from_the_api
     // The operations listener: dashboard, metrics and probes, no API.
     let page = ops("/").await;
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let metrics = ops("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("dropgate_build_info"), "{metrics}");
     let figures = body(ops("/v1/dashboard").await).await;

@@ -7,19 +7,19 @@
 
 mod common;
 
-use common::process::{start_redis, start_replica_of, Dropgate, PgProxy, RedisServer};
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp, ADMIN, STOREFRONT};
+use common::process::{Dropgate, PgProxy, RedisServer, start_redis, start_replica_of};
+use common::{ADMIN, STOREFRONT, TestApp, assert_problem, body, spawn_app_with, test_config};
 use dropgate::domain::{HoldId, HoldIdKey, Position, Quantity, SkuId};
 use dropgate::gate::CONSUMER_GROUP;
 use dropgate::reaper::{self, Reaper};
 use dropgate::worker::Worker;
 use futures::future::join_all;
-use redis::streams::StreamPendingReply;
 use redis::AsyncCommands;
+use redis::streams::StreamPendingReply;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 fn sku(name: &str) -> SkuId {
@@ -43,13 +43,6 @@ async fn admit_ok(app: &TestApp, sku: &str, key: &str) -> String {
 async fn assert_audit_passes(app: &TestApp) {
     let report = dropgate::audit::audit(&app.app).await.expect("audit runs");
     assert!(report.ok(), "{}", report.table());
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let pool = app.pg().await;
-    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-    pool.close().await;
-    n
 }
 
 /// Env for a dropgate child process sharing `app`'s stores.
@@ -245,7 +238,7 @@ async fn injected_drift_is_found_repaired_and_audited() {
         (0, 5, 0, true)
     );
     assert_eq!(app.sku("drop").await["available"], 16);
-    assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind = 'reconcile' AND reason LIKE 'gate had on_hand 20 held 9%'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM movements WHERE kind = 'reconcile' AND reason LIKE 'gate had on_hand 20 held 9%'").await, 1);
     assert!(
         reconciler.run_once().await.unwrap().drift.is_empty(),
         "repaired once, stays repaired"
@@ -338,7 +331,7 @@ async fn events_delivered_twice_change_nothing() {
     }
     assert!(app.ledger_caught_up("drop").await);
     assert_eq!(app.ledger_counts("drop").await, before);
-    assert_eq!(count(&app, "SELECT count(*) FROM movements").await, 9);
+    assert_eq!(app.count("SELECT count(*) FROM movements").await, 9);
     app.stop().await;
 }
 
@@ -387,7 +380,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     )
     .await;
     let admits = "SELECT count(*) FROM movements WHERE kind = 'admit'";
-    assert_eq!(count(&app, admits).await, 0, "nothing of the batch applied");
+    assert_eq!(app.count(admits).await, 0, "nothing of the batch applied");
 
     worker.kill();
     row_lock.rollback().await.unwrap();
@@ -398,7 +391,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
         "the whole batch is still pending, for the dead worker"
     );
     assert_eq!(
-        count(&app, admits).await,
+        app.count(admits).await,
         0,
         "the dead worker's commit never happened"
     );
@@ -420,8 +413,8 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     assert_eq!(pending(&mut redis, &stream).await, (0, 0));
     let again = second.run_once().await.unwrap();
     assert_eq!((again.applied, again.skipped), (0, 0));
-    assert_eq!(count(&app, admits).await, 1500);
-    assert_eq!(count(&app, "SELECT count(*) FROM holds").await, 1500);
+    assert_eq!(app.count(admits).await, 1500);
+    assert_eq!(app.count("SELECT count(*) FROM holds").await, 1500);
     assert_eq!(app.ledger_counts("drop").await, (5000, 1500, 0));
     pool.close().await;
     assert_audit_passes(&app).await;
@@ -537,7 +530,8 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     assert!(gate_held >= ids.len() as i64, "{gate_held}");
     assert_eq!(app.ledger_counts("drop").await, (3000, gate_held, 0));
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'admit'")
+            .await,
         gate_held,
         "each hold applied once"
     );
@@ -565,14 +559,14 @@ async fn admission_goes_on_while_postgres_is_away_and_the_ledger_catches_up() {
     let problem = assert_problem(confirm, 503, "unavailable").await;
     assert_eq!(problem["detail"], "postgres is unavailable");
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds").await,
+        app.count("SELECT count(*) FROM holds").await,
         0,
         "nothing reached the ledger"
     );
 
     proxy.restore().await;
     wait_for("the ledger to catch up", async || {
-        count(&app, "SELECT count(*) FROM holds").await == 50
+        app.count("SELECT count(*) FROM holds").await == 50
     })
     .await;
     let (status, confirmed) = {
@@ -656,7 +650,7 @@ async fn confirm_release_and_expiry_race_across_processes() {
     );
     app.wait_for_ledger("drop").await;
     assert_eq!(app.ledger_counts("drop").await, (n, 0, confirmed));
-    assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire') AND held_delta <> 0").await, n);
+    assert_eq!(app.count("SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire') AND held_delta <> 0").await, n);
     drop(other);
     assert_audit_passes(&app).await;
     app.stop().await;
@@ -696,7 +690,8 @@ async fn the_ledger_refuses_an_oversell_and_the_hold_is_lost() {
         "the gate dropped the lost hold"
     );
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'lost'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'lost'")
+            .await,
         1
     );
 
@@ -822,7 +817,8 @@ async fn acknowledged_events_are_trimmed_from_the_stream() {
     })
     .await;
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'admit'")
+            .await,
         30
     );
     app.stop().await;

@@ -7,16 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dropgate::domain::{
-    Admission, AdmittedKey, CustomerId, HoldId, HoldIdKey, HoldState, IdempotencyKey, LiveHold,
-    Position, Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot, Stock, IDEMPOTENCY_TTL_MS,
+    Admission, AdmittedKey, CustomerId, HoldId, HoldIdKey, HoldState, IDEMPOTENCY_TTL_MS,
+    IdempotencyKey, LiveHold, Position, Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot,
+    Stock,
 };
 use dropgate::gate::{
-    Admit, Expire, Expired, Extend, Fenced, Gate, GateError, GateHold, SetSku, Settle, Settlement,
-    SkuChange, StockChange, Transition, CONSUMER_GROUP,
+    Admit, CONSUMER_GROUP, Expire, Expired, Extend, Fenced, Gate, GateError, GateHold, SetSku,
+    Settle, Settlement, SkuChange, StockChange, Transition,
 };
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamInfoGroupsReply;
-use redis::AsyncCommands;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -35,7 +36,7 @@ const NO_BACKLOG_LIMIT: i64 = 1_000_000;
 
 /// `fields! {"t" => "admit", "q" => 1}`: a hash or stream entry as text.
 macro_rules! fields {
-    ($($k:literal => $v:expr),* $(,)?) => {
+    ($($k:literal => $v:expr_2021),* $(,)?) => {
         BTreeMap::from([$(($k.to_owned(), $v.to_string())),*])
     };
 }

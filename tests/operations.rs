@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::process::{free_port, Dropgate};
-use common::{body, spawn_app_with, test_config, ADMIN, PG_BASE, STOREFRONT};
+use common::process::{Dropgate, free_port};
+use common::{ADMIN, PG_BASE, STOREFRONT, body, spawn_app_with, test_config};
 use dropgate::reconciler::Reconciler;
 use dropgate::telemetry::metric;
 use dropgate::worker::Worker;
@@ -16,8 +16,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The value of one sample line of the Prometheus text, e.g.
@@ -162,10 +162,12 @@ async fn metrics_tell_what_the_drop_is_doing() {
 
     // The same figures in the Prometheus text.
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = response.text().await.unwrap();
     for (series, value) in [
         (r#"dropgate_admissions_total{outcome="held"}"#, 2.0),
@@ -279,11 +281,13 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_nothing() {
         .await
         .expect("the server answers under load");
     let pid = server.pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exit = server.wait_for_exit(Duration::from_secs(20));
     assert_eq!(exit, Some(0), "exits 0 after draining");
 

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
+use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -207,10 +207,12 @@ async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
     let (status, ready) = readyz(&app).await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["redis"], "out of memory");
-    assert!(ready["missing"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("redis (out of memory)")));
+    assert!(
+        ready["missing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("redis (out of memory)"))
+    );
     assert!(redis_errors(&app, "oom").await >= oom_before + 3);
 
     redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).unwrap();
@@ -527,8 +529,8 @@ async fn a_stalled_worker_loses_its_row_lock_and_confirms_answer_within_the_stor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirms_queued_behind_a_stalled_lock_answer_503_within_one_store_timeout_and_a_retry_confirms_once(
-) {
+async fn confirms_queued_behind_a_stalled_lock_answer_503_within_one_store_timeout_and_a_retry_confirms_once()
+ {
     const STORE_TIMEOUT_MS: u64 = 1500;
     let mut config = test_config();
     config.stores.store_timeout_ms = STORE_TIMEOUT_MS;

@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{spawn_app, TestApp, ADMIN, STOREFRONT};
+use common::{ADMIN, STOREFRONT, TestApp, spawn_app};
 use dropgate::domain::{HoldId, HoldIdKey, Quantity};
-use reqwest::header::HeaderMap;
 use reqwest::Method;
-use serde_json::{json, Value};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
 
 /// The SKU every test creates, with `ON_HAND` units.
 const SKU: &str = "drop";
@@ -397,17 +397,6 @@ async fn new_hold(app: &TestApp, token: &str, key: &str) -> String {
     hold["hold_id"].as_str().expect("a hold id").to_owned()
 }
 
-async fn count_rows(app: &TestApp, table: &str) -> i64 {
-    let pool = app.pg().await;
-    let sql = format!("SELECT count(*) FROM {table}");
-    let count: i64 = sqlx::query_scalar(&sql)
-        .fetch_one(&pool)
-        .await
-        .expect("a count");
-    pool.close().await;
-    count
-}
-
 /// The SKU is as created: every unit available, nothing held or sold, no
 /// movement beyond the creation and no hold in the ledger.
 async fn assert_untouched(app: &TestApp) {
@@ -419,8 +408,12 @@ async fn assert_untouched(app: &TestApp) {
         "{sku}"
     );
     app.wait_for_ledger(SKU).await;
-    assert_eq!(count_rows(app, "movements").await, 1, "movements");
-    assert_eq!(count_rows(app, "holds").await, 0, "holds");
+    assert_eq!(
+        app.count("SELECT count(*) FROM movements").await,
+        1,
+        "movements"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM holds").await, 0, "holds");
 }
 
 // ---------------------------------------------------------------------------
@@ -819,7 +812,11 @@ async fn unknown_skus_routes_and_methods_answer_problems() {
 #[tokio::test]
 async fn a_batch_of_bad_requests_changes_nothing() {
     let app = app_with_sku().await;
-    assert_eq!(count_rows(&app, "movements").await, 1, "after creation");
+    assert_eq!(
+        app.count("SELECT count(*) FROM movements").await,
+        1,
+        "after creation"
+    );
     // Each of these would take or add units, or change the SKU, if it got
     // past its check.
     let mut refused: Vec<(Req, u16, &str)> = Vec::new();

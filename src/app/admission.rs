@@ -3,8 +3,8 @@
 
 use super::{AdmissionMode, AppError, Dropgate};
 use crate::domain::{
-    fingerprint, time_from_ms, Admission, CustomerId, Hold, HoldState, IdempotencyKey, Quantity,
-    SkuId,
+    Admission, CustomerId, Hold, HoldState, IdempotencyKey, Quantity, SkuId, fingerprint,
+    time_from_ms,
 };
 use crate::gate::Admit;
 use crate::ledger::DirectAdmission;

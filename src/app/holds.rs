@@ -2,7 +2,7 @@
 //! release, extend. The gate decides; confirm answers only once the ledger
 //! has the confirmation.
 
-use super::{hold_view, AdmissionMode, AppError, Dropgate};
+use super::{AdmissionMode, AppError, Dropgate, hold_view};
 use crate::domain::{Hold, HoldId, HoldState, HoldTransition, SkuId};
 use crate::gate::{GateHold, Transition};
 use crate::ledger::{DirectTransition, LedgerError};

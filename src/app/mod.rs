@@ -19,7 +19,7 @@ mod holds;
 mod stock;
 
 use crate::clock::SharedClock;
-use crate::domain::{time_from_ms, Hold, HoldId, SkuId};
+use crate::domain::{Hold, HoldId, SkuId, time_from_ms};
 use crate::gate::{Gate, GateError, GateHold};
 use crate::ledger::{Ledger, LedgerError};
 use std::collections::{BTreeSet, HashMap};

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::process::{
-    find_in_path, free_port, spawn_logged, wait_until_ready, ProcessGuard, ServiceGuard, TempDir,
+    ProcessGuard, ServiceGuard, TempDir, find_in_path, free_port, spawn_logged, wait_until_ready,
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);

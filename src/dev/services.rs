@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use sqlx::{Connection, PgConnection};
+use anyhow::{Context, anyhow, bail};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use super::process::{
-    find_in_path, free_port, is_executable, path_dirs, spawn_logged, wait_until_ready,
-    ProcessGuard, ServiceGuard, TempDir,
+    ProcessGuard, ServiceGuard, TempDir, find_in_path, free_port, is_executable, path_dirs,
+    spawn_logged, wait_until_ready,
 };
 use super::redis_server::{self, RedisServer};
 
@@ -206,8 +206,9 @@ async fn ensure_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<
     if exists.is_some() {
         return Ok(());
     }
-    let sql = format!("CREATE DATABASE {}", quote_ident(name));
-    match sqlx::query(&sql).execute(&mut *conn).await {
+    // CREATE DATABASE takes no bind parameters; the name is quoted.
+    let sql = AssertSqlSafe(format!("CREATE DATABASE {}", quote_ident(name)));
+    match sqlx::query(sql).execute(&mut *conn).await {
         Ok(_) => Ok(()),
         // Two dev runs racing to create it is fine: either one wins.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
@@ -362,10 +363,10 @@ async fn user_exists(user: &str) -> bool {
 
 /// Effective uid 0, which is what Postgres checks.
 async fn running_as_root() -> bool {
-    if let Ok(status) = fs::read_to_string("/proc/self/status") {
-        if let Some(euid) = effective_uid_from_status(&status) {
-            return euid == 0;
-        }
+    if let Ok(status) = fs::read_to_string("/proc/self/status")
+        && let Some(euid) = effective_uid_from_status(&status)
+    {
+        return euid == 0;
     }
     match tokio::process::Command::new("id").arg("-u").output().await {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim() == "0",
@@ -493,7 +494,7 @@ fn shell_quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::process::{read_pid_file, STOP_TIMEOUT};
+    use super::super::process::{STOP_TIMEOUT, read_pid_file};
     use super::*;
     use std::time::Instant;
 
@@ -528,9 +529,11 @@ mod tests {
         );
         drop(conn);
 
-        assert!(pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT)
-            .await
-            .is_err());
+        assert!(
+            pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT)
+                .await
+                .is_err()
+        );
         assert!(
             !process_alive(postmaster),
             "postmaster {postmaster} still running"

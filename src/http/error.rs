@@ -4,7 +4,7 @@
 
 use crate::app::AppError;
 use crate::domain::{FieldError, HoldState};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -5,7 +5,7 @@ use super::{ApiError, AppState};
 use crate::domain::{FieldError, HoldId, IdempotencyKey, SkuId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

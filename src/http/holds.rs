@@ -1,14 +1,14 @@
 //! Storefront endpoints for holds.
 
 use super::error::Problem;
-use super::extract::{idempotency_key, validated, HoldPath, JsonObject, SkuPath, Storefront};
+use super::extract::{HoldPath, JsonObject, SkuPath, Storefront, idempotency_key, validated};
 use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
 use crate::domain::{self, Admission, CustomerId, Quantity};
 use crate::limits::retry_after_seconds;
 use crate::telemetry::metric;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};

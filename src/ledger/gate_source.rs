@@ -3,8 +3,8 @@
 
 use super::{Ledger, LedgerError, LedgerSku};
 use crate::domain::{
-    ms_from_time, AdmittedKey, HoldId, HoldState, LiveHold, MovementKind, SkuId, SkuSnapshot,
-    IDEMPOTENCY_TTL_MS,
+    AdmittedKey, HoldId, HoldState, IDEMPOTENCY_TTL_MS, LiveHold, MovementKind, SkuId, SkuSnapshot,
+    ms_from_time,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -95,10 +95,10 @@ impl Ledger {
         epoch: i64,
     ) -> Result<SkuSnapshot, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let row: LedgerSku = sqlx::query_as::<_, super::SkuRow>(&format!(
+        let row: LedgerSku = sqlx::query_as::<_, super::SkuRow>(concat!(
             "UPDATE skus SET epoch = $2, applied_seq = -1, updated_at = now() WHERE sku = $1
-             RETURNING {}",
-            super::SKU_COLUMNS
+             RETURNING ",
+            super::sku_columns!()
         ))
         .bind(sku.as_str())
         .bind(epoch)

@@ -128,12 +128,12 @@ fn session_options(
 /// `timeout` is the store timeout: the migration session's idle-in-
 /// transaction bound.
 pub async fn migrate(database_url: &str, timeout: Duration) -> Result<(), LedgerError> {
-    if !Postgres::database_exists(database_url).await? {
-        if let Err(error) = Postgres::create_database(database_url).await {
-            // Another process may have created it a moment ago.
-            if !Postgres::database_exists(database_url).await? {
-                return Err(error.into());
-            }
+    if !Postgres::database_exists(database_url).await?
+        && let Err(error) = Postgres::create_database(database_url).await
+    {
+        // Another process may have created it a moment ago.
+        if !Postgres::database_exists(database_url).await? {
+            return Err(error.into());
         }
     }
     let options = PgConnectOptions::from_str(database_url)?
@@ -173,9 +173,15 @@ pub struct LedgerSku {
     pub applied: Position,
 }
 
-/// The columns of `skus` every read of a SKU selects.
-const SKU_COLUMNS: &str = "sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, \
-                           max_extensions, epoch, applied_seq";
+/// The columns of `skus` every read of a SKU selects, as a literal so each
+/// query that uses it stays one static string (`concat!`).
+macro_rules! sku_columns {
+    () => {
+        "sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, \
+         max_extensions, epoch, applied_seq"
+    };
+}
+use sku_columns;
 
 /// A `skus` row as Postgres types it; [`LedgerSku`] is what the rest sees.
 #[derive(sqlx::FromRow)]
@@ -361,12 +367,16 @@ impl Ledger {
     }
 
     pub async fn sku(&self, sku: &SkuId) -> Result<Option<LedgerSku>, LedgerError> {
-        sqlx::query_as::<_, SkuRow>(&format!("SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1"))
-            .bind(sku.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(LedgerSku::try_from)
-            .transpose()
+        sqlx::query_as::<_, SkuRow>(concat!(
+            "SELECT ",
+            sku_columns!(),
+            " FROM skus WHERE sku = $1"
+        ))
+        .bind(sku.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(LedgerSku::try_from)
+        .transpose()
     }
 
     /// The SKUs of `skus` the ledger has, in one query.
@@ -375,8 +385,10 @@ impl Ledger {
         skus: &[SkuId],
     ) -> Result<HashMap<SkuId, LedgerSku>, LedgerError> {
         let names: Vec<&str> = skus.iter().map(SkuId::as_str).collect();
-        sqlx::query_as::<_, SkuRow>(&format!(
-            "SELECT {SKU_COLUMNS} FROM skus WHERE sku = ANY($1)"
+        sqlx::query_as::<_, SkuRow>(concat!(
+            "SELECT ",
+            sku_columns!(),
+            " FROM skus WHERE sku = ANY($1)"
         ))
         .bind(&names)
         .fetch_all(&self.pool)
@@ -392,8 +404,10 @@ impl Ledger {
         after: Option<&SkuId>,
         limit: i64,
     ) -> Result<Vec<LedgerSku>, LedgerError> {
-        sqlx::query_as::<_, SkuRow>(&format!(
-            "SELECT {SKU_COLUMNS} FROM skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
+        sqlx::query_as::<_, SkuRow>(concat!(
+            "SELECT ",
+            sku_columns!(),
+            " FROM skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
         ))
         .bind(after.map(SkuId::as_str))
         .bind(limit)
