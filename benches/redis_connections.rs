@@ -40,7 +40,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use dropgate::domain::{
-    Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId, SkuSettings,
+    Admission, CustomerId, HoldId, HoldIdKey, IdempotencyKey, Quantity, SkuId, SkuSettings,
 };
 use dropgate::gate::{Admit, Fenced, Script, SetSku, SkuChange, StockChange};
 use redis::{
@@ -231,11 +231,13 @@ fn unix_ms() -> i64 {
 /// Returns whether the script answered `held`.
 async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
     let now = unix_ms();
+    let one = Quantity::parse(1).map_err(|e| anyhow!("{e}"))?;
     let request = Admit::new(
         sku.id.clone(),
-        HoldId::new(SKU_NO, now, *Uuid::new_v4().as_bytes()),
+        // The scripts read nothing in the id; `n` keeps it unique.
+        HoldId::issue(&HoldIdKey::new(b"bench"), n, SKU_NO, one),
         CustomerId::parse(&format!("c-{n}")).map_err(|e| anyhow!("{e}"))?,
-        Quantity::parse(1).map_err(|e| anyhow!("{e}"))?,
+        one,
         IdempotencyKey::parse(&Uuid::new_v4().simple().to_string()).map_err(|e| anyhow!("{e}"))?,
         now,
     );

@@ -309,7 +309,7 @@ pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Drop
         &stores.key_prefix,
         stores.store_timeout(),
     )?;
-    Ok(Dropgate::new(gate, ledger, crate::clock::system()))
+    Ok(Dropgate::open(gate, ledger, crate::clock::system()).await?)
 }
 
 /// `dropgate migrate`: creates the ledger's database if missing and applies

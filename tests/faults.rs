@@ -9,7 +9,7 @@ mod common;
 
 use common::process::{Dropgate, PgProxy, RedisServer, start_redis, start_replica_of};
 use common::{ADMIN, STOREFRONT, TestApp, assert_problem, body, spawn_app_with, test_config};
-use dropgate::domain::{Position, SkuId};
+use dropgate::domain::{HoldId, HoldIdKey, Position, Quantity, SkuId};
 use dropgate::gate::CONSUMER_GROUP;
 use dropgate::reaper::{self, Reaper};
 use dropgate::worker::Worker;
@@ -74,6 +74,29 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Ids shaped exactly like `issued` (same serial block, SKU and quantity)
+/// that this ledger never issued: one signed with another key, and
+/// `issued` with one bit of its tag flipped.
+fn forgeries(issued: &str) -> Vec<String> {
+    let id = HoldId::parse(issued).unwrap();
+    let quantity = Quantity::parse(id.quantity()).unwrap();
+    let other_key = HoldIdKey::new(b"another ledger's key");
+    vec![
+        HoldId::issue(&other_key, id.serial() + 1, id.sku_no(), quantity).to_string(),
+        uuid::Uuid::from_u128(id.uuid().as_u128() ^ 1).to_string(),
+    ]
+}
+
+/// Every hold endpoint answers 404 for each of `ids`.
+async fn assert_never_issued(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        assert_problem(app.get(&format!("/v1/holds/{id}")).await, 404, "not_found").await;
+        for action in ["confirm", "release", "extend"] {
+            assert_problem(app.hold_action(id, action).await, 404, "not_found").await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() {
     let mut redis = start_redis().await;
@@ -91,10 +114,17 @@ async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() 
     for hold in &durable[..10] {
         assert_eq!(app.hold_action(hold, "confirm").await.status(), 200);
     }
+    // Lost holds of one and of two units: their ids say which.
     let mut lost = Vec::new();
     for i in 0..10 {
-        lost.push(admit_ok(&app, "drop", &format!("b{i}")).await);
+        let quantity = 1 + i % 2;
+        let response = app.admit("drop", &format!("b{i}"), "b", quantity).await;
+        assert_eq!(response.status(), 201);
+        let hold = body(response).await["hold_id"].as_str().unwrap().to_owned();
+        lost.push((hold, quantity));
     }
+    let forged = forgeries(&lost[0].0);
+    assert_never_issued(&app, &forged).await;
 
     redis.kill();
     redis.restart().await.expect("redis-server restarts");
@@ -144,13 +174,23 @@ async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() 
             "live holds survive the rebuild"
         );
     }
-    for hold in &lost {
+    for (hold, quantity) in &lost {
+        let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
         assert_eq!(
-            body(app.get(&format!("/v1/holds/{hold}")).await).await["state"],
-            "lost"
+            (
+                shown["state"].as_str(),
+                shown["quantity"].as_i64(),
+                shown["sku"].as_str(),
+                shown["durable"].as_bool()
+            ),
+            (Some("lost"), Some(*quantity), Some("drop"), Some(false)),
+            "{shown}"
         );
+        // No store kept the customer, and none is made up.
+        assert!(shown.get("customer_id").is_none(), "{shown}");
         assert_problem(app.hold_action(hold, "confirm").await, 409, "hold_lost").await;
     }
+    assert_never_issued(&app, &forged).await;
     // Idempotency records of durable holds were rebuilt too.
     let replay = app.admit("drop", "a15", "a15", 1).await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");

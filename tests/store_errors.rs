@@ -9,6 +9,7 @@
 mod common;
 
 use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
+use futures::future::join_all;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -524,5 +525,74 @@ async fn a_stalled_worker_loses_its_row_lock_and_confirms_answer_within_the_stor
     assert_eq!(movements, 3, "creation, admission, confirmation: once each");
     pool.close().await;
     worker.kill();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_queued_behind_a_stalled_lock_answer_503_within_one_store_timeout_and_a_retry_confirms_once()
+ {
+    const STORE_TIMEOUT_MS: u64 = 1500;
+    let mut config = test_config();
+    config.stores.store_timeout_ms = STORE_TIMEOUT_MS;
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku(SKU, json!({"on_hand": 10})).await;
+    let mut holds = Vec::new();
+    for i in 0..3 {
+        let response = app.admit(SKU, &format!("k{i}"), &format!("c{i}"), 1).await;
+        assert_eq!(response.status(), 201);
+        holds.push(body(response).await["hold_id"].as_str().unwrap().to_owned());
+    }
+
+    // A stalled session holds the SKU's row lock, as a stopped worker's
+    // would, for as long as this test keeps it.
+    let pool = app.pg().await;
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM skus WHERE sku = $1 FOR UPDATE")
+        .bind(SKU)
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+
+    // Three confirms at once: they queue on the SKU's flush, and each waits
+    // for the row lock. Each answers 503 within its one budget, not one
+    // budget per queued flush before it.
+    let answers = join_all(holds.iter().map(|hold| {
+        let app = &app;
+        async move {
+            let asked = Instant::now();
+            let response = app.hold_action(hold, "confirm").await;
+            (asked.elapsed(), response)
+        }
+    }))
+    .await;
+    for (answered_in, response) in answers {
+        assert!(
+            answered_in < Duration::from_millis(2 * STORE_TIMEOUT_MS),
+            "confirm took {answered_in:?}"
+        );
+        assert_unavailable(response).await;
+    }
+
+    // Once the stalled session lets go, a retry confirms each hold, and
+    // the ledger has each confirmation once.
+    stalled.rollback().await.unwrap();
+    for hold in &holds {
+        let confirm = app.hold_action(hold, "confirm").await;
+        assert_eq!(confirm.status(), 200);
+        let confirmed = body(confirm).await;
+        assert_eq!(
+            (confirmed["state"].as_str(), confirmed["durable"].as_bool()),
+            (Some("confirmed"), Some(true))
+        );
+    }
+    assert_eq!(app.ledger_counts(SKU).await, (10, 0, 3));
+    let confirmations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM movements WHERE kind = 'confirm'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(confirmations, 3, "each confirmation once");
+    pool.close().await;
     app.stop().await;
 }

@@ -3,7 +3,7 @@
 
 use super::{AdmissionMode, AppError, Dropgate};
 use crate::domain::{
-    Admission, CustomerId, Hold, HoldId, HoldState, IdempotencyKey, Quantity, SkuId, fingerprint,
+    Admission, CustomerId, Hold, HoldState, IdempotencyKey, Quantity, SkuId, fingerprint,
     time_from_ms,
 };
 use crate::gate::Admit;
@@ -37,7 +37,8 @@ impl Dropgate {
                         key,
                         fingerprint: &fingerprint(customer, quantity),
                         now_ms: self.now_ms(),
-                        entropy: rand::random(),
+                        serial: self.hold_ids.serial(&self.ledger).await?,
+                        id_key: self.hold_ids.key(),
                     })
                     .await?
             }
@@ -45,7 +46,7 @@ impl Dropgate {
         let hold = outcome.held().map(|(hold_id, expires_at_ms)| Hold {
             hold_id,
             sku: sku.clone(),
-            customer_id: customer.as_str().to_owned(),
+            customer_id: Some(customer.as_str().to_owned()),
             quantity: i64::from(quantity.get()),
             state: HoldState::Held,
             expires_at: time_from_ms(expires_at_ms),
@@ -71,7 +72,7 @@ impl Dropgate {
             return Ok(Admission::UnknownSku);
         };
         let now = self.now_ms();
-        let hold_id = HoldId::new(sku_no, now, rand::random());
+        let hold_id = self.hold_ids.issue(&self.ledger, sku_no, quantity).await?;
         let request = Admit::new(
             sku.clone(),
             hold_id,

@@ -14,6 +14,7 @@
 
 mod admission;
 mod flush;
+mod hold_ids;
 mod holds;
 mod stock;
 
@@ -53,6 +54,10 @@ pub enum AppError {
     /// could be recorded, so it admits nothing.
     #[error("the ledger does not know this SKU")]
     UnknownToLedger,
+    /// The operation's store timeout ran out while it waited for this
+    /// store. What it did stands, and a retry completes it.
+    #[error("{0} did not answer within the store timeout")]
+    OutOfTime(&'static str),
 }
 
 impl AppError {
@@ -61,6 +66,7 @@ impl AppError {
         match self {
             Self::Gate(_) | Self::GateNotBuilt => "redis",
             Self::Ledger(_) | Self::UnknownToLedger => "postgres",
+            Self::OutOfTime(dependency) => dependency,
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct Dropgate {
     pub ledger: Ledger,
     /// Every time-based decision made here reads this clock.
     clock: SharedClock,
+    /// Issues hold ids and tells ours from forged ones.
+    hold_ids: Arc<hold_ids::HoldIds>,
     /// SKU → its ledger number, needed to mint hold ids. Never changes.
     sku_numbers: Arc<RwLock<HashMap<SkuId, u32>>>,
     /// Replicas that must have an admission before it is answered, and for
@@ -86,17 +94,26 @@ pub struct Dropgate {
 }
 
 impl Dropgate {
-    pub fn new(gate: Gate, ledger: Ledger, clock: SharedClock) -> Self {
-        Self {
+    /// Both stores' service; loads the ledger's hold id key.
+    pub async fn open(gate: Gate, ledger: Ledger, clock: SharedClock) -> Result<Self, AppError> {
+        let hold_ids = Arc::new(hold_ids::HoldIds::load(&ledger).await?);
+        Ok(Self {
             gate,
             ledger,
             clock,
+            hold_ids,
             sku_numbers: Arc::default(),
             replica_wait: None,
             admission: AdmissionMode::Redis,
             flushed: Arc::default(),
             unknown_skus: Arc::default(),
-        }
+        })
+    }
+
+    /// The hold `uuid` names, if this ledger's gatekeepers issued it: any
+    /// other UUID names no hold, whatever the stores hold.
+    pub fn hold_id(&self, uuid: uuid::Uuid) -> Option<HoldId> {
+        self.hold_ids.verify(uuid)
     }
 
     /// Records the SKUs the worker found unknown to the ledger (replacing
@@ -182,7 +199,7 @@ fn hold_view(hold_id: HoldId, sku: &SkuId, hold: &GateHold, durable: bool) -> Ho
     Hold {
         hold_id,
         sku: sku.clone(),
-        customer_id: hold.customer_id.clone(),
+        customer_id: Some(hold.customer_id.clone()),
         quantity: hold.quantity,
         state: hold.state,
         expires_at: time_from_ms(hold.expires_at_ms),

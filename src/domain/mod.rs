@@ -12,7 +12,7 @@ mod snapshot;
 mod stock;
 
 pub use event::{Change, Event, Position};
-pub use hold::{Hold, HoldId, HoldState};
+pub use hold::{Hold, HoldId, HoldIdKey, HoldState};
 pub use idempotency::{
     IDEMPOTENCY_TTL_MS, StockRequest, decode_outcome, encode_held, fingerprint,
     stock_change_fingerprint,

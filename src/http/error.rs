@@ -379,7 +379,7 @@ impl From<AppError> for ApiError {
         let unavailable = match &error {
             AppError::Gate(gate) => gate.is_unavailable(),
             AppError::Ledger(ledger) => ledger.is_unavailable(),
-            AppError::GateNotBuilt | AppError::UnknownToLedger => true,
+            AppError::GateNotBuilt | AppError::UnknownToLedger | AppError::OutOfTime(_) => true,
         };
         if unavailable {
             tracing::warn!(%error, "dependency unavailable");

@@ -9,8 +9,8 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    Admission, CustomerId, HoldId, HoldState, IdempotencyKey, MovementKind, Quantity, SkuId,
-    ms_from_time, time_from_ms,
+    Admission, CustomerId, HoldId, HoldIdKey, HoldState, IdempotencyKey, MovementKind, Quantity,
+    SkuId, ms_from_time, time_from_ms,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -36,8 +36,10 @@ pub struct DirectAdmission<'a> {
     pub key: &'a IdempotencyKey,
     pub fingerprint: &'a str,
     pub now_ms: i64,
-    /// Random bytes for the hold id.
-    pub entropy: [u8; 16],
+    /// The hold id's serial (unique; see [`HoldId`]) and the key that
+    /// signs it: the SKU's number is only known under its row lock.
+    pub serial: u64,
+    pub id_key: &'a HoldIdKey,
 }
 
 impl Ledger {
@@ -52,7 +54,8 @@ impl Ledger {
             key,
             fingerprint,
             now_ms,
-            entropy,
+            serial,
+            id_key,
         } = request;
         let q = i64::from(quantity.get());
         let mut tx = self.pool.begin().await?;
@@ -115,7 +118,7 @@ impl Ledger {
         }
         let sku_no = u32::try_from(sku_no).unwrap_or(0);
         let now = now_ms;
-        let hold_id = HoldId::new(sku_no, now, entropy);
+        let hold_id = HoldId::issue(id_key, serial, sku_no, quantity);
         let expires_at_ms = now + hold_ttl_ms;
         sqlx::query(
             "WITH h AS (

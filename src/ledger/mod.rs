@@ -13,7 +13,9 @@ pub use checks::{LedgerChecks, SkuChecks};
 pub use dead_letters::{DeadLetter, Resolution};
 pub use direct::{DirectAdmission, DirectTransition};
 
-use crate::domain::{HoldId, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock};
+use crate::domain::{
+    HoldId, HoldIdKey, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock,
+};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
@@ -252,6 +254,8 @@ impl TryFrom<HoldRow> for LedgerHold {
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
+    /// The store timeout: what a caller may wait for the ledger.
+    timeout: Duration,
 }
 
 impl Ledger {
@@ -267,7 +271,12 @@ impl Ledger {
             .max_connections(16)
             .acquire_timeout(timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self { pool, timeout })
+    }
+
+    /// The store timeout the ledger was connected with.
+    pub fn store_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `work` while holding the cluster-wide rebuild lock (a Postgres
@@ -308,6 +317,22 @@ impl Ledger {
         Ok(sqlx::query_scalar("SELECT ledger_id FROM ledger_identity")
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    /// The key that signs this ledger's hold ids, created by the migrations.
+    pub async fn hold_id_key(&self) -> Result<HoldIdKey, LedgerError> {
+        let secret: Vec<u8> = sqlx::query_scalar("SELECT hold_id_key FROM ledger_identity")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(HoldIdKey::new(&secret))
+    }
+
+    /// Takes the next block of hold id serials; no other process gets it.
+    pub async fn take_hold_id_block(&self) -> Result<u64, LedgerError> {
+        let block: i64 = sqlx::query_scalar("SELECT nextval('hold_id_blocks')")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(block).map_err(|_| LedgerError::Invariant(format!("hold id block {block}")))
     }
 
     /// The newest gate epoch the ledger knows of.
