@@ -188,7 +188,6 @@ async fn create_sku(admin: &mut MultiplexedConnection, sku: &Sku) -> Result<()> 
         },
         "bench",
         1,
-        unix_ms(),
     );
     let reply: Value = put.invocation(&sku.prefix).invoke_async(admin).await?;
     match put.decode(reply)? {
@@ -230,14 +229,12 @@ fn unix_ms() -> i64 {
 /// One admission with fresh ids, built by the service's own request type.
 /// Returns whether the script answered `held`.
 async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
-    let now = unix_ms();
     let request = Admit::new(
         sku.id.clone(),
-        HoldId::new(SKU_NO, now, *Uuid::new_v4().as_bytes()),
+        HoldId::new(SKU_NO, unix_ms(), *Uuid::new_v4().as_bytes()),
         CustomerId::parse(&format!("c-{n}")).map_err(|e| anyhow!("{e}"))?,
         Quantity::parse(1).map_err(|e| anyhow!("{e}"))?,
         IdempotencyKey::parse(&Uuid::new_v4().simple().to_string()).map_err(|e| anyhow!("{e}"))?,
-        now,
     );
     let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;
     Ok(matches!(

@@ -15,11 +15,12 @@
 -- ARGV[2]  event id (fresh UUID)
 -- ARGV[3]  customer id
 -- ARGV[4]  quantity, 1..1000
--- ARGV[5]  now, unix ms
--- ARGV[6]  request fingerprint (same body, same fingerprint)
--- ARGV[7]  idempotency record TTL, ms
--- ARGV[8]  idempotency key (carried in the event so the ledger can rebuild it)
--- ARGV[9]  event backlog limit: refuse to admit while the stream holds at least this many entries
+-- ARGV[5]  request fingerprint (same body, same fingerprint)
+-- ARGV[6]  idempotency record TTL, ms
+-- ARGV[7]  idempotency key (carried in the event so the ledger can rebuild it)
+-- ARGV[8]  event backlog limit: refuse to admit while the stream holds at least this many entries
+--
+-- Time is Redis's (TIME), never the caller's.
 --
 -- Reply, by name; `outcome` is one of:
 --   "held"       with hold_id, expires_at_ms
@@ -37,8 +38,8 @@
 local stock_key, idem_key, cust_key, hold_key, expiry_key, events_key, closed_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local hold_id, event_id, customer = ARGV[1], ARGV[2], ARGV[3]
-local qty, now_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local fingerprint, idem_ttl_ms = ARGV[6], tonumber(ARGV[7])
+local qty = tonumber(ARGV[4])
+local fingerprint, idem_ttl_ms = ARGV[5], tonumber(ARGV[6])
 
 -- First, so a closed SKU's keys (being rewritten) are not even read.
 local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'epoch')
@@ -61,7 +62,7 @@ if record then
 end
 
 local backlog = redis.call('XLEN', events_key)
-if backlog >= tonumber(ARGV[9]) then
+if backlog >= tonumber(ARGV[8]) then
   return {'outcome', 'backlog', 'backlog', backlog}
 end
 
@@ -73,6 +74,10 @@ if limit > 0 then
     return {'outcome', 'limit', 'limit', limit, 'already', already}
   end
 end
+
+-- Redis's clock, the one every gatekeeper shares (DESIGN.md "One clock").
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 if on_hand - held - sold < qty then
   local retry_after_ms = 0
@@ -96,5 +101,5 @@ redis.call('ZADD', expiry_key, expires_at_ms, hold_id)
 redis.call('INCRBY', cust_key, qty)
 redis.call('SET', idem_key, fingerprint .. '|H|' .. hold_id .. '|' .. expires_at_ms, 'PX', idem_ttl_ms)
 redis.call('XADD', events_key, epoch .. '-*', 't', 'admit', 'i', event_id, 'h', hold_id,
-  'c', customer, 'q', qty, 'm', now_ms, 'e', expires_at_ms, 'k', ARGV[8], 'f', fingerprint)
+  'c', customer, 'q', qty, 'm', now_ms, 'e', expires_at_ms, 'k', ARGV[7], 'f', fingerprint)
 return {'outcome', 'held', 'hold_id', hold_id, 'expires_at_ms', expires_at_ms}

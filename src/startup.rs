@@ -314,7 +314,7 @@ pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Drop
         &stores.key_prefix,
         stores.store_timeout(),
     )?;
-    Ok(Dropgate::new(gate, ledger, crate::clock::system()))
+    Ok(Dropgate::new(gate, ledger))
 }
 
 /// `dropgate migrate`: creates the ledger's database if missing and applies

@@ -36,7 +36,7 @@ impl Dropgate {
                         quantity,
                         key,
                         fingerprint: &fingerprint(customer, quantity),
-                        now_ms: self.now_ms(),
+                        issued_ms: super::machine_ms(),
                         entropy: rand::random(),
                     })
                     .await?
@@ -70,15 +70,14 @@ impl Dropgate {
             self.require_gate().await?;
             return Ok(Admission::UnknownSku);
         };
-        let now = self.now_ms();
-        let hold_id = HoldId::new(sku_no, now, rand::random());
+        // The id carries this machine's time; the script decides by Redis's.
+        let hold_id = HoldId::new(sku_no, super::machine_ms(), rand::random());
         let request = Admit::new(
             sku.clone(),
             hold_id,
             customer.clone(),
             quantity,
             key.clone(),
-            now,
         );
         let outcome = self
             .gate

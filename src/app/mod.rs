@@ -17,8 +17,7 @@ mod flush;
 mod holds;
 mod stock;
 
-use crate::clock::SharedClock;
-use crate::domain::{time_from_ms, Hold, HoldId, SkuId};
+use crate::domain::{ms_from_time, time_from_ms, Hold, HoldId, SkuId};
 use crate::gate::{Gate, GateError, GateHold};
 use crate::ledger::{Ledger, LedgerError};
 use std::collections::{BTreeSet, HashMap};
@@ -69,8 +68,6 @@ impl AppError {
 pub struct Dropgate {
     pub gate: Gate,
     pub ledger: Ledger,
-    /// Every time-based decision made here reads this clock.
-    clock: SharedClock,
     /// SKU → its ledger number, needed to mint hold ids. Never changes.
     sku_numbers: Arc<RwLock<HashMap<SkuId, u32>>>,
     /// Replicas that must have an admission before it is answered, and for
@@ -86,11 +83,10 @@ pub struct Dropgate {
 }
 
 impl Dropgate {
-    pub fn new(gate: Gate, ledger: Ledger, clock: SharedClock) -> Self {
+    pub fn new(gate: Gate, ledger: Ledger) -> Self {
         Self {
             gate,
             ledger,
-            clock,
             sku_numbers: Arc::default(),
             replica_wait: None,
             admission: AdmissionMode::Redis,
@@ -137,14 +133,6 @@ impl Dropgate {
         self.admission
     }
 
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
-    }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
     /// The gate epoch; `GateNotBuilt` while it is being rebuilt.
     async fn require_gate(&self) -> Result<i64, AppError> {
         self.gate.epoch().await?.ok_or(AppError::GateNotBuilt)
@@ -175,6 +163,14 @@ impl Dropgate {
             AdmissionMode::Redis => self.gate.sku_of(hold_id).await?,
         })
     }
+}
+
+/// This machine's clock, for what decides nothing: the time a hold id
+/// carries, and the commit lag it reports. Every decision by time reads
+/// the clock of the store that decides (DESIGN.md "One clock"): Redis's,
+/// inside the scripts, or Postgres's `now()` for the Postgres-direct peer.
+fn machine_ms() -> i64 {
+    ms_from_time(time::OffsetDateTime::now_utc())
 }
 
 /// A hold as the gate has it, in the shape dropgate answers with.

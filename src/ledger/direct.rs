@@ -9,8 +9,8 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, time_from_ms, Admission, CustomerId, HoldId, HoldState, IdempotencyKey,
-    MovementKind, Quantity, SkuId,
+    ms_from_time, Admission, CustomerId, HoldId, HoldState, IdempotencyKey, MovementKind, Quantity,
+    SkuId,
 };
 use sqlx::Row;
 use time::OffsetDateTime;
@@ -36,7 +36,8 @@ pub struct DirectAdmission<'a> {
     pub quantity: Quantity,
     pub key: &'a IdempotencyKey,
     pub fingerprint: &'a str,
-    pub now_ms: i64,
+    /// The time the hold id carries; Postgres's clock decides everything.
+    pub issued_ms: i64,
     /// Random bytes for the hold id.
     pub entropy: [u8; 16],
 }
@@ -52,7 +53,7 @@ impl Ledger {
             quantity,
             key,
             fingerprint,
-            now_ms,
+            issued_ms,
             entropy,
         } = request;
         let q = i64::from(quantity.get());
@@ -80,13 +81,14 @@ impl Ledger {
                 return Ok(replay);
             }
             let retry_after_ms = if held > 0 {
-                let next: Option<OffsetDateTime> = sqlx::query_scalar(
-                    "SELECT min(expires_at) FROM holds WHERE sku = $1 AND state = 'held'",
+                let next_ms: Option<i64> = sqlx::query_scalar(
+                    "SELECT (extract(epoch FROM min(expires_at) - now()) * 1000)::int8
+                     FROM holds WHERE sku = $1 AND state = 'held'",
                 )
                 .bind(sku.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                Some(next.map_or(1000, |t| (ms_from_time(t) - now_ms).max(1000)))
+                Some(next_ms.map_or(1000, |ms| ms.max(1000)))
             } else {
                 None
             };
@@ -113,16 +115,18 @@ impl Ledger {
             }
         }
         let sku_no = u32::try_from(row.try_get::<i32, _>("sku_no")?).unwrap_or(0);
-        let now = now_ms;
-        let hold_id = HoldId::new(sku_no, now, entropy);
-        let expires_at_ms = now + row.try_get::<i64, _>("hold_ttl_ms")?;
-        sqlx::query(
+        let hold_id = HoldId::new(sku_no, issued_ms, entropy);
+        let expires_at: OffsetDateTime = sqlx::query_scalar(
             "WITH h AS (
                 INSERT INTO holds (hold_id, sku, customer_id, quantity, state, idempotency_key,
                                    request_fingerprint, created_at, expires_at)
-                VALUES ($1, $2, $3, $4, 'held', $5, $6, $7, $8))
-             INSERT INTO movements (event_id, sku, hold_id, kind, held_delta, reason, occurred_at)
-             VALUES ($9, $2, $1, 'admit', $4, 'postgres-direct', $7)",
+                VALUES ($1, $2, $3, $4, 'held', $5, $6, now(),
+                        now() + make_interval(secs => $7::float8 / 1000))
+                RETURNING expires_at),
+             m AS (
+                INSERT INTO movements (event_id, sku, hold_id, kind, held_delta, reason, occurred_at)
+                VALUES ($8, $2, $1, 'admit', $4, 'postgres-direct', now()))
+             SELECT expires_at FROM h",
         )
         .bind(hold_id.uuid())
         .bind(sku.as_str())
@@ -130,15 +134,14 @@ impl Ledger {
         .bind(i32::try_from(q).unwrap_or(i32::MAX))
         .bind(key.as_str())
         .bind(fingerprint)
-        .bind(time_from_ms(now))
-        .bind(time_from_ms(expires_at_ms))
+        .bind(row.try_get::<i64, _>("hold_ttl_ms")?)
         .bind(Uuid::new_v4())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Admission::Held {
             hold_id,
-            expires_at_ms,
+            expires_at_ms: ms_from_time(expires_at),
         })
     }
 
