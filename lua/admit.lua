@@ -1,7 +1,9 @@
 -- admit.lua: admit one pre-reservation (a hold) for a SKU in one atomic step:
 -- SKU exists and is open, idempotency replay or key-reuse check, per-customer
--- limit, stock check and decrement, hold + expiry entry, idempotent outcome
+-- limit, stock check and decrement, hold + expiry entry, idempotency record
 -- stored, event appended. Everything is validated before anything is written.
+-- A rejection (sold_out, limit) writes nothing: only an admission that took
+-- units is remembered, and a retry of a rejected key is decided afresh.
 --
 -- KEYS[1]  stock hash       <prefix>:{sku}:stock
 -- KEYS[2]  idempotency rec  <prefix>:{sku}:i:<idempotency key>
@@ -32,8 +34,9 @@
 --   "closed"     the SKU is closed for a rebuild; nothing read or written
 --   "backlog"    with backlog (stream length)
 --
--- Stored outcome records: "<fp>|H|<hold id>|<expires_at_ms>",
--- "<fp>|S|<retry_after_ms>" or "<fp>|L|<limit>|<already>".
+-- Idempotency record: "<fp>|H|<hold id>|<expires_at_ms>". Records of
+-- rejections ("<fp>|S|...", "<fp>|L|...") that an older version stored are
+-- no record: the key is decided afresh, and a hold overwrites them.
 
 local stock_key, idem_key, cust_key, hold_key, expiry_key, events_key, closed_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -53,6 +56,9 @@ local on_hand, held, sold = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
 local limit, ttl_ms, epoch = tonumber(s[4]), tonumber(s[5]), s[6]
 
 local record = redis.call('GET', idem_key)
+if record and not string.find(record, '^[^|]*|H|') then
+  record = nil
+end
 if record then
   local fp_len = #fingerprint
   if string.sub(record, 1, fp_len + 1) == fingerprint .. '|' then
@@ -70,7 +76,6 @@ local already = 0
 if limit > 0 then
   already = tonumber(redis.call('GET', cust_key) or '0')
   if already + qty > limit then
-    redis.call('SET', idem_key, fingerprint .. '|L|' .. limit .. '|' .. already, 'PX', idem_ttl_ms)
     return {'outcome', 'limit', 'limit', limit, 'already', already}
   end
 end
@@ -88,7 +93,6 @@ if on_hand - held - sold < qty then
       retry_after_ms = math.max(1000, tonumber(first[2]) - now_ms)
     end
   end
-  redis.call('SET', idem_key, fingerprint .. '|S|' .. retry_after_ms, 'PX', idem_ttl_ms)
   return {'outcome', 'sold_out', 'retry_after_ms', retry_after_ms}
 end
 

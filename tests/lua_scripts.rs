@@ -799,7 +799,7 @@ async fn admit_replays_the_same_body_and_refuses_another_body_without_writing() 
 }
 
 #[tokio::test]
-async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
+async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live_and_writes_nothing() {
     let mut lab = Lab::new().await;
     lab.create(SkuSettings {
         on_hand: 1,
@@ -814,7 +814,11 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
             retry_after_ms: None
         })
     );
-    assert_eq!(lab.get("i:key-bob").await.as_deref(), Some("fp-1|S|0"));
+    assert_eq!(
+        lab.get("i:key-bob").await,
+        None,
+        "a rejection stores nothing"
+    );
 
     // Retry-After counts by Redis's clock to the first expiry: a hold
     // expiring in 30 s, then one expiring in half a second.
@@ -834,7 +838,7 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
         "{soon_ms} ms to the expiry"
     );
     lab.place_expiry(&held, lab.redis_now().await + 500).await;
-    let mut expected = lab.snapshot().await;
+    let before = lab.snapshot().await;
     let almost = lab.admit(&lab.admit_req("key-dave", "dave", 1)).await;
 
     let sold_out = |ms| {
@@ -843,11 +847,7 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
         })
     };
     assert_eq!(almost, sold_out(1_000), "at least a second");
-    let idem_key = lab.key("i:key-dave");
-    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
-    // Only the outcome record was written.
-    expected.insert(idem_key, "fp-1|S|1000".to_owned());
-    assert_eq!(lab.snapshot().await, expected);
+    assert_eq!(lab.snapshot().await, before, "nothing written");
     assert_eq!(lab.counters().await, [1, 1, 0]);
 
     // Held units without an expiry entry: a second, not zero.
@@ -863,7 +863,7 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
 }
 
 #[tokio::test]
-async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
+async fn admit_refuses_beyond_the_per_customer_limit_and_writes_nothing() {
     let mut lab = Lab::new().await;
     lab.create(SkuSettings {
         per_customer_limit: 2,
@@ -871,7 +871,7 @@ async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
     })
     .await;
     lab.hold_for("alice", 2).await;
-    let mut expected = lab.snapshot().await;
+    let before = lab.snapshot().await;
 
     let reply = lab.admit(&lab.admit_req("key-more", "alice", 1)).await;
 
@@ -882,13 +882,66 @@ async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
             already: 2
         })
     );
-    let idem_key = lab.key("i:key-more");
-    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
-    expected.insert(idem_key, "fp-1|L|2|2".to_owned());
-    assert_eq!(lab.snapshot().await, expected);
+    assert_eq!(lab.snapshot().await, before, "nothing written");
     // The limit is per customer.
     lab.hold_for("bob", 2).await;
     assert_eq!(lab.counters().await, [10, 4, 0]);
+    lab.finish().await;
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_decided_afresh_and_only_holds_replay() {
+    let mut lab = Lab::new().await;
+    lab.create(SkuSettings {
+        on_hand: 2,
+        per_customer_limit: 1,
+        ..SETTINGS
+    })
+    .await;
+    // A rejection's record that an older version stored is no record.
+    let legacy = lab.key("i:key-erin");
+    let () = lab.conn.set(&legacy, "fp-2|S|1000").await.expect("SET");
+    let erin = lab.admit_req("key-erin", "erin", 1);
+    let (_, expires) = lab.admit_held(&erin).await;
+    assert_eq!(
+        lab.get("i:key-erin").await,
+        Some(format!("fp-1|H|{}|{expires}", erin.hold_id))
+    );
+    let held = lab.hold_for("alice", 1).await;
+
+    let bob = lab.admit_req("key-bob", "bob", 1);
+    let alice = lab.admit_req("key-alice", "alice", 1);
+    assert!(matches!(
+        lab.admit(&bob).await,
+        Fenced::Open(Admission::SoldOut { .. })
+    ));
+    let over_limit = Fenced::Open(Admission::LimitExceeded {
+        limit: 1,
+        already: 1,
+    });
+    assert_eq!(lab.admit(&alice).await, over_limit);
+    assert_eq!(lab.admit(&alice).await, over_limit, "decided again");
+    assert_eq!(
+        (lab.get("i:key-bob").await, lab.get("i:key-alice").await),
+        (None, None)
+    );
+
+    // A unit comes back: the same keys are decided afresh. Bob asks first.
+    lab.done(Op::Release, held.hold).await;
+    let (_, bob_expires) = lab.admit_held(&bob).await;
+    assert!(matches!(
+        lab.admit(&alice).await,
+        Fenced::Open(Admission::SoldOut { .. })
+    ));
+    assert_eq!(
+        lab.admit(&bob).await,
+        Fenced::Open(Admission::Replayed(Box::new(Admission::Held {
+            hold_id: bob.hold_id,
+            expires_at_ms: bob_expires
+        }))),
+        "a hold replays"
+    );
+    assert_eq!(lab.counters().await, [2, 2, 0]);
     lab.finish().await;
 }
 
