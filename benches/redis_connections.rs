@@ -35,7 +35,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -188,7 +188,6 @@ async fn create_sku(admin: &mut MultiplexedConnection, sku: &Sku) -> Result<()> 
         },
         "bench",
         1,
-        unix_ms(),
     );
     let reply: Value = put.invocation(&sku.prefix).invoke_async(admin).await?;
     match put.decode(reply)? {
@@ -221,16 +220,9 @@ async fn delete_matching(admin: &mut MultiplexedConnection, pattern: &str) -> Re
     }
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// One admission with fresh ids, built by the service's own request type.
 /// Returns whether the script answered `held`.
 async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
-    let now = unix_ms();
     let one = Quantity::parse(1).map_err(|e| anyhow!("{e}"))?;
     let request = Admit::new(
         sku.id.clone(),
@@ -239,7 +231,6 @@ async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
         CustomerId::parse(&format!("c-{n}")).map_err(|e| anyhow!("{e}"))?,
         one,
         IdempotencyKey::parse(&Uuid::new_v4().simple().to_string()).map_err(|e| anyhow!("{e}"))?,
-        now,
     );
     let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;
     Ok(matches!(

@@ -3,8 +3,9 @@
 // rate whatever the latency). Many distinct customers race for a few scarce
 // SKUs; every request carries its own Idempotency-Key, and RETRY_RATIO of the
 // clients send their request again with the same key (half one after the
-// other, half both copies at once) and must get the identical answer marked
-// `Idempotent-Replayed: true`. Every answer must be 201, 409 or 429.
+// other, half both copies at once): a hold must come back identical, marked
+// `Idempotent-Replayed: true`; a rejection is decided afresh, never
+// replayed. Every answer must be 201, 409 or 429.
 //
 // Environment (defaults for a local run on a small machine):
 //   BASE_URL, STOREFRONT_TOKEN(S), SKUS, CUSTOMER_SPACE, QUANTITY, OUT_DIR — see lib.js

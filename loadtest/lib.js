@@ -225,22 +225,26 @@ function sameAnswer(a, b) {
   return problemCode(a) === problemCode(b);
 }
 
-// A client that timed out and retries with the same key and body: it must get
-// the identical answer, marked Idempotent-Replayed: true.
+// A client that timed out and retries with the same key and body: a hold
+// comes back identical, marked Idempotent-Replayed: true; a rejection was
+// never stored, so its retry is decided afresh and is never a replay.
 export function retrySequential(cfg, first) {
   if (first.res.status === 429 || first.res.status >= 500 || first.res.status === 0) return;
   const again = send({ ...first.req, params: { ...first.req.params, tags: { ...first.req.params.tags, name: 'admit_retry' } } });
   checkAdmission(again);
-  const ok = check(again, {
-    'retry: Idempotent-Replayed: true': (r) => isReplay(r),
-    'retry: identical answer': (r) => sameAnswer(first.res, r),
-  });
+  const ok = first.res.status === 201
+    ? check(again, {
+      'retry: Idempotent-Replayed: true': (r) => isReplay(r),
+      'retry: identical answer': (r) => sameAnswer(first.res, r),
+    })
+    : check(again, { 'retry of a rejection: decided afresh': (r) => !isReplay(r) });
   classifyAdmission(again, first.req.params.tags.sku);
   if (!ok) metrics.replayMismatch.add(1, { sku: first.req.params.tags.sku });
 }
 
 // Two copies of one request at once (a double-clicked button, a retry racing
-// the original): exactly one hold, one answer is the replay of the other.
+// the original): at most one hold; when both hold, one answer is the replay
+// of the other; a rejection is never a replay.
 export function admitTwiceConcurrently(cfg, sku, customer, key) {
   const req = admitRequest(cfg, sku, customer, key, 'admit_dup');
   const [a, b] = http.batch([
@@ -252,9 +256,11 @@ export function admitTwiceConcurrently(cfg, sku, customer, key) {
   classifyAdmission(a, sku);
   classifyAdmission(b, sku);
   if (a.status === 429 || b.status === 429 || a.status >= 500 || b.status >= 500) return;
+  const held = [a, b].filter((r) => r.status === 201);
   const ok = check([a, b], {
-    'duplicate: exactly one original, one replay': (p) => p.filter(isReplay).length === 1,
-    'duplicate: identical answer': (p) => sameAnswer(p[0], p[1]),
+    'duplicate: no rejection replayed': (p) => p.every((r) => r.status === 201 || !isReplay(r)),
+    'duplicate: one hold, one original and one replay': () =>
+      held.length < 2 || (held.filter(isReplay).length === 1 && sameAnswer(held[0], held[1])),
   });
   if (!ok) metrics.replayMismatch.add(1, { sku });
 }

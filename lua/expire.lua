@@ -1,10 +1,10 @@
--- expire.lua: the reaper's step for one SKU: expire up to #ARGV - 2 holds
--- whose expiry has passed and return their units. Prefixed with hold_lib.lua.
+-- expire.lua: the reaper's step for one SKU: expire up to #ARGV - 1 holds
+-- whose expiry has passed by Redis's clock and return their units. Prefixed
+-- with hold_lib.lua.
 --
 -- KEYS[1]  expiry index  <prefix>:{sku}:expiry
 -- ARGV[1]  key base      <prefix>:{sku}:
--- ARGV[2]  now, unix ms
--- ARGV[3..] fresh event ids, one per hold this call may expire
+-- ARGV[2..] fresh event ids, one per hold this call may expire
 --
 -- Reply, by name:
 --   outcome     "expired", or "closed" (the SKU is closed for a rebuild)
@@ -14,18 +14,19 @@
 --               "" when none is left: the reaper's next hint for the SKU
 
 local expiry_key = KEYS[1]
-local base, now_ms = ARGV[1], tonumber(ARGV[2])
-local batch = #ARGV - 2
+local base = ARGV[1]
+local batch = #ARGV - 1
 
 if not sku_open(base) then
   return CLOSED
 end
+local now_ms = redis_now_ms()
 local due = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_ms, 'LIMIT', 0, batch)
 local expired = 0
 for i, hold_id in ipairs(due) do
   local hold = read_hold(base .. 'h:' .. hold_id)
   if hold and hold.state == 'held' then
-    if expire_if_due(base, hold_id, hold, ARGV[2 + i], now_ms) then
+    if expire_if_due(base, hold_id, hold, ARGV[1 + i], now_ms) then
       expired = expired + 1
     end
   else

@@ -1,11 +1,10 @@
--- extend.lua: move a held hold's expiry to now + the SKU's hold_ttl_ms, at
--- most max_extensions times. Prefixed with hold_lib.lua.
+-- extend.lua: move a held hold's expiry to now (Redis's clock) + the SKU's
+-- hold_ttl_ms, at most max_extensions times. Prefixed with hold_lib.lua.
 --
 -- KEYS[1]  hold hash     <prefix>:{sku}:h:<hold id>
 -- ARGV[1]  key base      <prefix>:{sku}:
 -- ARGV[2]  hold id
 -- ARGV[3]  event id (fresh UUID; names the extension, or the expiry if the hold is past due)
--- ARGV[4]  now, unix ms
 --
 -- Reply, by name (as settle.lua):
 --   outcome        "done" (extended), "ext_limit" (max_extensions reached),
@@ -14,7 +13,7 @@
 --   position       the event appended, or ""
 
 local hold_key = KEYS[1]
-local base, hold_id, event_id, now_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local base, hold_id, event_id = ARGV[1], ARGV[2], ARGV[3]
 
 if not sku_open(base) then
   return CLOSED
@@ -23,6 +22,7 @@ local hold = read_hold(hold_key)
 if not hold then
   return {'outcome', 'no_hold'}
 end
+local now_ms = redis_now_ms()
 local expired_at = expire_if_due(base, hold_id, hold, event_id, now_ms)
 if hold.state ~= 'held' then
   return reply('conflict', hold, expired_at)

@@ -27,6 +27,14 @@ end
 
 local CLOSED = {'outcome', 'closed'}
 
+-- Redis's clock in unix ms: the one clock every gatekeeper shares, so
+-- gatekeepers whose own clocks disagree decide exactly as one would
+-- (DESIGN.md "One clock").
+local function redis_now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
 local function read_hold(hold_key)
   local h = redis.call('HMGET', hold_key, 's', 'c', 'q', 'e', 'x', 't')
   if not h[1] then

@@ -13,14 +13,15 @@
 -- ARGV[4]  hold_ttl_ms          (put only)
 -- ARGV[5]  max_extensions       (put only)
 -- ARGV[6]  event id (fresh UUID)
--- ARGV[7]  now, unix ms
--- ARGV[8]  gate epoch (used when the SKU is created)
--- ARGV[9]  sku number from the ledger (used when the SKU is created)
--- ARGV[10] reason, recorded with the movement
--- ARGV[11] consumer group of the commit worker
+-- ARGV[7]  gate epoch (used when the SKU is created)
+-- ARGV[8]  sku number from the ledger (used when the SKU is created)
+-- ARGV[9]  reason, recorded with the movement
+-- ARGV[10] consumer group of the commit worker
 -- KEYS[4]  (optional) admin idempotency record <prefix>:{sku}:a:<key>
--- ARGV[12] (with KEYS[4]) request fingerprint: same change, same fingerprint
--- ARGV[13] (with KEYS[4]) record TTL, ms
+-- ARGV[11] (with KEYS[4]) request fingerprint: same change, same fingerprint
+-- ARGV[12] (with KEYS[4]) record TTL, ms
+--
+-- The movement is dated by Redis's clock (TIME), never the caller's.
 --
 -- With an idempotency key, a change that happened is remembered with its
 -- answer, so a retry (after a timeout, a 5xx) replays it instead of moving
@@ -37,9 +38,9 @@
 
 local stock_key, events_key, closed_key = KEYS[1], KEYS[2], KEYS[3]
 local mode, amount = ARGV[1], tonumber(ARGV[2])
-local event_id, now_ms, reason = ARGV[6], ARGV[7], ARGV[10]
+local event_id, reason = ARGV[6], ARGV[9]
 
-local idem_key, fingerprint = KEYS[4], ARGV[12]
+local idem_key, fingerprint = KEYS[4], ARGV[11]
 
 local s = redis.call('HMGET', stock_key, 'on_hand', 'held', 'sold', 'limit', 'ttl_ms', 'max_ext', 'epoch')
 if not s[1] and redis.call('EXISTS', closed_key) == 1 then
@@ -66,7 +67,7 @@ if not s[1] then
     return {'outcome', 'no_sku'}
   end
   outcome = 'created'
-  s = {'0', '0', '0', ARGV[3], ARGV[4], ARGV[5], ARGV[8]}
+  s = {'0', '0', '0', ARGV[3], ARGV[4], ARGV[5], ARGV[7]}
 end
 local on_hand, held, sold = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
 local limit, ttl_ms, max_ext, epoch = s[4], s[5], s[6], s[7]
@@ -82,18 +83,20 @@ if new_on_hand < held + sold or new_on_hand > 1000000000 then
 end
 
 if outcome == 'created' then
-  redis.call('HSET', stock_key, 'held', 0, 'sold', 0, 'epoch', epoch, 'sku_no', ARGV[9])
-  local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events_key, ARGV[11], '0', 'MKSTREAM')
+  redis.call('HSET', stock_key, 'held', 0, 'sold', 0, 'epoch', epoch, 'sku_no', ARGV[8])
+  local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', events_key, ARGV[10], '0', 'MKSTREAM')
   if not ok and not string.find(tostring(err), 'BUSYGROUP') then
     return redis.error_reply(tostring(err))
   end
 end
 redis.call('HSET', stock_key, 'on_hand', new_on_hand, 'limit', limit, 'ttl_ms', ttl_ms, 'max_ext', max_ext)
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('XADD', events_key, epoch .. '-*', 't', 'adjust', 'i', event_id, 'm', now_ms,
   'd', new_on_hand - on_hand, 'l', limit, 'ttl', ttl_ms, 'x', max_ext, 'r', reason)
 if idem_key then
   redis.call('SET', idem_key, table.concat({fingerprint, outcome, new_on_hand, held, sold,
-    limit, ttl_ms, max_ext}, '|'), 'PX', ARGV[13])
+    limit, ttl_ms, max_ext}, '|'), 'PX', ARGV[12])
 end
 return {'outcome', outcome, 'on_hand', new_on_hand, 'held', held, 'sold', sold,
   'limit', tonumber(limit), 'ttl_ms', tonumber(ttl_ms), 'max_ext', tonumber(max_ext)}

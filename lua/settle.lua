@@ -6,8 +6,7 @@
 -- ARGV[1]  key base      <prefix>:{sku}:
 -- ARGV[2]  hold id
 -- ARGV[3]  event id (fresh UUID; names the settlement, or the expiry if the hold is past due)
--- ARGV[4]  now, unix ms
--- ARGV[5]  target state: "confirmed" or "released"
+-- ARGV[4]  target state: "confirmed" or "released"
 --
 -- Reply, by name:
 --   outcome        "done" (settled now), "same" (already in the target state),
@@ -19,8 +18,8 @@
 --                  this call appended)
 
 local hold_key = KEYS[1]
-local base, hold_id, event_id, now_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local target = ARGV[5]
+local base, hold_id, event_id = ARGV[1], ARGV[2], ARGV[3]
+local target = ARGV[4]
 if target ~= 'confirmed' and target ~= 'released' then
   return redis.error_reply('settle.lua: target must be confirmed or released, not ' .. tostring(target))
 end
@@ -35,6 +34,7 @@ end
 if hold.state == target then
   return reply('same', hold)
 end
+local now_ms = redis_now_ms()
 local expired_at = expire_if_due(base, hold_id, hold, event_id, now_ms)
 if hold.state ~= 'held' then
   return reply('conflict', hold, expired_at)

@@ -309,7 +309,7 @@ pub struct ServeConfig {
     #[arg(skip)]
     pub worker: crate::worker::Config,
 
-    /// The reaper's interval, batch and clock (no flags: tests tune it).
+    /// The reaper's interval and batches (no flags: tests tune it).
     #[arg(skip)]
     pub reaper: crate::reaper::Config,
 

@@ -26,13 +26,11 @@
 //! * [`periodic`]: the loop the reaper and reconciler run in.
 //! * [`audit`]: `dropgate audit`, every invariant across both stores.
 //! * [`operator`]: `dropgate skus|holds|dead-letters`.
-//! * [`clock`]: the injectable clock.
 //! * [`config`], [`telemetry`], [`startup`], [`limits`], [`dev`]: plumbing
 //!   (`dev` also starts the local processes tests use).
 
 pub mod app;
 pub mod audit;
-pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod domain;

@@ -3,6 +3,11 @@
 //! script appends. Expiring twice is a no-op, and confirm, release and the
 //! reaper race safely because each settles a hold only while it is `held`.
 //!
+//! Redis's clock decides what is due, as it decides everything by time
+//! (DESIGN.md "One clock"): the script expires the holds due by `TIME`, and
+//! each pass reads the SKUs' due times against Redis's `TIME` too, so
+//! reapers whose machines' clocks disagree expire exactly the same holds.
+//!
 //! Work follows activity: each pass runs the script only for the SKUs the
 //! due set names as due now (see `gate::activity`), not for every SKU. The
 //! due set holds, per SKU, a time at or before its earliest live hold's
@@ -17,7 +22,6 @@
 //! earliest expiry of a few SKUs, round the whole catalogue, and hints it.
 
 use crate::app::{AdmissionMode, AppError, Dropgate};
-use crate::clock::SharedClock;
 use crate::domain::SkuId;
 use crate::gate::{Expire, Expired, Fenced};
 use crate::sweep::Sweep;
@@ -27,15 +31,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How the reaper runs; tests tune it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Time between passes: a hold is expired within this of `expires_at`.
     pub interval: Duration,
     /// Holds expired per script call; bounds the time one call blocks Redis.
     pub batch_max_holds: usize,
-    /// The "now" that decides which holds are due; `None` is the app's
-    /// clock. Holds only Postgres knows are due by Postgres's own clock.
-    pub clock: Option<SharedClock>,
     /// SKUs handled per pass at most; the rest are due at the next pass.
     pub due_skus_per_pass: usize,
     /// SKUs whose earliest expiry the sweep reads per pass (one `ZRANGE`
@@ -50,21 +51,9 @@ impl Default for Config {
             // Ticks this often so a hold is expired well within 1 s of `expires_at`.
             interval: Duration::from_millis(200),
             batch_max_holds: 200,
-            clock: None,
             due_skus_per_pass: 1000,
             sweep_skus: 6,
         }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("interval", &self.interval)
-            .field("batch_max_holds", &self.batch_max_holds)
-            .field("due_skus_per_pass", &self.due_skus_per_pass)
-            .field("sweep_skus", &self.sweep_skus)
-            .finish_non_exhaustive()
     }
 }
 
@@ -89,33 +78,25 @@ impl Reaper {
     }
 
     /// Expires every due hold of every SKU that is due; returns how many it
-    /// expired.
+    /// expired. With Postgres deciding admissions, its holds are expired
+    /// there, by Postgres's clock. While Redis is away nothing expires: the
+    /// gate decides, and a hold expired behind its back could be confirmed
+    /// there a moment later.
     pub async fn run_once(&self) -> Result<u64, AppError> {
-        let now_ms = match &self.config.clock {
-            Some(clock) => clock.now_ms(),
-            None => self.app.now_ms(),
-        };
-        self.run_once_at(now_ms).await
-    }
-
-    /// [`run_once`](Self::run_once) as if the gate's clock read `now_ms`.
-    /// With Postgres deciding admissions, its holds are expired there. While
-    /// Redis is away nothing expires: the gate decides, and a hold expired
-    /// behind its back could be confirmed there a moment later.
-    pub async fn run_once_at(&self, now_ms: i64) -> Result<u64, AppError> {
         match self.app.admission() {
             AdmissionMode::Postgres => {
                 Ok(u64::try_from(self.app.ledger.expire_due_direct().await?).unwrap_or(0))
             }
-            AdmissionMode::Redis => self.expire_in_gate(now_ms).await,
+            AdmissionMode::Redis => self.expire_in_gate().await,
         }
     }
 
-    async fn expire_in_gate(&self, now_ms: i64) -> Result<u64, AppError> {
+    async fn expire_in_gate(&self) -> Result<u64, AppError> {
         let gate = &self.app.gate;
         // This process's own admissions first: their hints may still be
         // waiting for the publisher.
         gate.publish_activity().await?;
+        let now_ms = gate.time_ms().await?;
         let mut due: BTreeSet<SkuId> = BTreeSet::new();
         let slice = self
             .sweep
@@ -140,7 +121,7 @@ impl Reaper {
         // Each SKU on its own: one that fails is hinted again (retried next
         // pass) and the others go on.
         for sku in &due {
-            match self.expire_sku(sku, now_ms).await {
+            match self.expire_sku(sku).await {
                 Ok((now_expired, next_due)) => {
                     expired += now_expired;
                     if let Some(at) = next_due {
@@ -164,10 +145,10 @@ impl Reaper {
     /// Expires a SKU's due holds in bounded batches; returns how many, and
     /// when its next live hold falls due. A SKU closed for a rebuild comes
     /// back with its holds as the ledger has them, hinted by the rebuild.
-    async fn expire_sku(&self, sku: &SkuId, now_ms: i64) -> Result<(u64, Option<i64>), AppError> {
+    async fn expire_sku(&self, sku: &SkuId) -> Result<(u64, Option<i64>), AppError> {
         let mut expired = 0;
         loop {
-            let batch = Expire::new(sku.clone(), self.config.batch_max_holds, now_ms);
+            let batch = Expire::new(sku.clone(), self.config.batch_max_holds);
             let Fenced::Open(Expired {
                 expired: now_expired,
                 still_due,

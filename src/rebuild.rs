@@ -81,7 +81,7 @@ async fn rebuild_locked(app: &Dropgate) -> Result<i64, AppError> {
             app.flush(&sku.sku, None).await?;
         }
         let snapshot = app.ledger.snapshot_for_epoch(&sku.sku, epoch).await?;
-        app.gate.rebuild_sku(&snapshot, app.now_ms()).await?;
+        app.gate.rebuild_sku(&snapshot).await?;
     }
     app.gate
         .set_built(epoch, app.ledger.ledger_id().await?)
@@ -149,7 +149,7 @@ pub async fn restore_sku(app: &Dropgate, sku: &SkuId) -> Result<bool, AppError> 
             let reason = format!("SKU {sku} restored: the gate did not have it");
             let epoch = app.ledger.start_epoch(&reason, 0).await?;
             let snapshot = app.ledger.snapshot_for_epoch(sku, epoch).await?;
-            app.gate.rebuild_sku(&snapshot, app.now_ms()).await?;
+            app.gate.rebuild_sku(&snapshot).await?;
             tracing::warn!(%sku, epoch, "{reason}");
             metrics::counter!(crate::telemetry::metric::GATE_SKUS_RESTORED_TOTAL).increment(1);
             Ok(true)

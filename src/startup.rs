@@ -309,7 +309,7 @@ pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Drop
         &stores.key_prefix,
         stores.store_timeout(),
     )?;
-    Ok(Dropgate::open(gate, ledger, crate::clock::system()).await?)
+    Ok(Dropgate::open(gate, ledger).await?)
 }
 
 /// `dropgate migrate`: creates the ledger's database if missing and applies

@@ -24,8 +24,6 @@ use uuid::Uuid;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 const GROUP: &str = CONSUMER_GROUP;
-/// Scripts take the clock as an argument, so every test runs at a fixed now.
-const NOW: i64 = 1_700_000_000_000;
 const EPOCH: i64 = 7;
 const SKU_NO: u32 = 42;
 const TTL: i64 = 60_000;
@@ -181,6 +179,9 @@ struct Lab {
     prefix: String,
     base: String,
     sku: SkuId,
+    /// Redis's clock when the lab opened. Scripts read Redis's clock (one
+    /// clock), so fixtures are placed by it and times are checked against it.
+    t0: i64,
     cleaned: bool,
 }
 
@@ -194,14 +195,40 @@ impl Lab {
         let prefix = format!("lt{}", Uuid::new_v4().simple());
         let gate = Gate::connect(REDIS_URL, &prefix, Duration::from_secs(5)).expect("a gate");
         let base = format!("{prefix}:{{sku-1}}:");
+        let t0 = gate.time_ms().await.expect("TIME");
         Self {
             gate,
             conn,
             prefix,
             base,
             sku: SkuId::parse("sku-1").unwrap(),
+            t0,
             cleaned: false,
         }
+    }
+
+    /// Redis's clock now, unix ms.
+    async fn redis_now(&self) -> i64 {
+        self.gate.time_ms().await.expect("TIME")
+    }
+
+    /// Checks that `ms` is a time Redis's clock read during the test.
+    async fn assert_redis_time(&self, ms: i64) {
+        let now = self.redis_now().await;
+        assert!(
+            (self.t0..=now).contains(&ms),
+            "{ms} is not Redis's clock during the test ({}..={now})",
+            self.t0
+        );
+    }
+
+    /// Places a hold's expiry at `at` (hold hash and expiry index), as if
+    /// Redis's clock had moved: the fixture for anything that falls due.
+    async fn place_expiry(&mut self, held: &Held, at: i64) -> Held {
+        let hold_key = self.hold_key(held.hold);
+        self.hset(&hold_key, &[("e", at)]).await;
+        self.zadd(&held.hold.to_string(), at).await;
+        held.with_expiry(at, held.extensions)
     }
 
     /// `<prefix>:{sku-1}:<suffix>`
@@ -220,12 +247,12 @@ impl Lab {
             settings,
             sku_no: SKU_NO,
         };
-        SetSku::new(self.sku.clone(), change, "stocktake", EPOCH, NOW)
+        SetSku::new(self.sku.clone(), change, "stocktake", EPOCH)
     }
 
     fn adjust(&self, delta: i64) -> SetSku {
         let change = StockChange::Adjust { delta };
-        SetSku::new(self.sku.clone(), change, "stocktake", EPOCH, NOW)
+        SetSku::new(self.sku.clone(), change, "stocktake", EPOCH)
     }
 
     async fn set_sku(&self, request: &SetSku) -> Fenced<SkuChange> {
@@ -240,8 +267,8 @@ impl Lab {
         );
     }
 
-    /// An admission as the service makes it, at NOW, with fingerprint
-    /// `fp-1` and no practical backlog limit.
+    /// An admission as the service makes it, with fingerprint `fp-1` and
+    /// no practical backlog limit.
     fn admit_req(&self, idempotency_key: &str, customer_id: &str, qty: i64) -> Admit {
         Admit {
             fingerprint: "fp-1".to_owned(),
@@ -252,7 +279,6 @@ impl Lab {
                 customer(customer_id),
                 Quantity::parse(qty).unwrap(),
                 key(idempotency_key),
-                NOW,
             )
         }
     }
@@ -262,20 +288,9 @@ impl Lab {
     }
 
     /// Admits a hold (fresh idempotency key) that must be held.
-    async fn hold_for(&self, customer_id: &str, qty: i64, now: i64) -> Held {
-        let request = Admit {
-            now_ms: now,
-            hold_id: hold_id(),
-            ..self.admit_req(&fresh_id(), customer_id, qty)
-        };
-        let expires = now + TTL;
-        assert_eq!(
-            self.admit(&request).await,
-            Fenced::Open(Admission::Held {
-                hold_id: request.hold_id,
-                expires_at_ms: expires
-            })
-        );
+    async fn hold_for(&mut self, customer_id: &str, qty: i64) -> Held {
+        let request = self.admit_req(&fresh_id(), customer_id, qty);
+        let (created, expires) = self.admit_held(&request).await;
         Held {
             hold: request.hold_id,
             admit_event: request.event_id,
@@ -283,13 +298,13 @@ impl Lab {
             qty,
             expires,
             extensions: 0,
-            created: now,
+            created,
         }
     }
 
     /// settle.lua (confirm, release) or extend.lua; the reply and the event
     /// id the call was given.
-    async fn transition(&self, op: Op, hold: HoldId, now: i64) -> (Fenced<Transition>, Uuid) {
+    async fn transition(&self, op: Op, hold: HoldId) -> (Fenced<Transition>, Uuid) {
         let sku = self.sku.clone();
         let (reply, event) = match op {
             Op::Confirm | Op::Release => {
@@ -297,11 +312,11 @@ impl Lab {
                     Op::Confirm => Settlement::Confirm,
                     _ => Settlement::Release,
                 };
-                let request = Settle::new(sku, hold, to, now);
+                let request = Settle::new(sku, hold, to);
                 (self.gate.settle(&request).await, request.event_id)
             }
             Op::Extend => {
-                let request = Extend::new(sku, hold, now);
+                let request = Extend::new(sku, hold);
                 (self.gate.extend(&request).await, request.event_id)
             }
         };
@@ -309,26 +324,32 @@ impl Lab {
     }
 
     /// A transition that must be done now.
-    async fn done(&self, op: Op, hold: HoldId, now: i64) {
-        let (reply, _) = self.transition(op, hold, now).await;
+    async fn done(&self, op: Op, hold: HoldId) {
+        let (reply, _) = self.transition(op, hold).await;
         assert!(
             matches!(reply, Fenced::Open(Transition::Done { .. })),
             "{op:?}: {reply:?}"
         );
     }
 
-    /// An admission that must hold units.
-    async fn admit_held(&self, request: &Admit) {
+    /// An admission that must hold units, created now by Redis's clock and
+    /// expiring TTL later; returns when it was created and expires.
+    async fn admit_held(&mut self, request: &Admit) -> (i64, i64) {
+        let reply = self.admit(request).await;
+        let hold_key = self.hold_key(request.hold_id);
+        let created: i64 = self.conn.hget(hold_key, "t").await.expect("HGET");
+        self.assert_redis_time(created).await;
         let held = Admission::Held {
             hold_id: request.hold_id,
-            expires_at_ms: request.now_ms + TTL,
+            expires_at_ms: created + TTL,
         };
-        assert_eq!(self.admit(request).await, Fenced::Open(held));
+        assert_eq!(reply, Fenced::Open(held));
+        (created, created + TTL)
     }
 
     /// expire.lua with `batch` event ids; returns the reply and the ids.
-    async fn expire(&self, now: i64, batch: usize) -> (Fenced<Expired>, Vec<Uuid>) {
-        let request = Expire::new(self.sku.clone(), batch, now);
+    async fn expire(&self, batch: usize) -> (Fenced<Expired>, Vec<Uuid>) {
+        let request = Expire::new(self.sku.clone(), batch);
         let reply = self.gate.expire(&request).await.expect("expire runs");
         (reply, request.event_ids)
     }
@@ -387,9 +408,16 @@ impl Lab {
         let _: i64 = self.conn.zadd(key, member, score).await.expect("ZADD");
     }
 
+    /// The stream's entries, each event's time ("m") checked to be Redis's
+    /// clock during the test, then left out.
     async fn events(&mut self) -> Vec<(String, Fields)> {
         let key = self.key("events");
-        self.conn.xrange_all(key).await.expect("XRANGE")
+        let mut events: Vec<(String, Fields)> = self.conn.xrange_all(key).await.expect("XRANGE");
+        for (_, fields) in &mut events {
+            let at = fields.remove("m").expect("every event is timed");
+            self.assert_redis_time(at.parse().expect("unix ms")).await;
+        }
+        events
     }
 
     async fn last_event(&mut self) -> (String, Fields) {
@@ -518,7 +546,7 @@ async fn set_sku_creates_the_stock_hash_the_stream_and_the_ledger_group() {
         lab.events().await,
         vec![(
             stream_id(0),
-            fields! {"t" => "adjust", "i" => request.event_id, "m" => NOW, "d" => 10, "l" => 2,
+            fields! {"t" => "adjust", "i" => request.event_id, "d" => 10, "l" => 2,
             "ttl" => 60_000, "x" => 1, "r" => "stocktake"}
         )]
     );
@@ -559,7 +587,7 @@ async fn set_sku_put_replaces_the_settings_and_keeps_epoch_and_sku_number() {
         lab.last_event().await,
         (
             stream_id(1),
-            fields! {"t" => "adjust", "i" => request.event_id, "m" => NOW, "d" => 5, "l" => 3,
+            fields! {"t" => "adjust", "i" => request.event_id, "d" => 5, "l" => 3,
             "ttl" => 30_000, "x" => 4, "r" => "stocktake"}
         )
     );
@@ -570,7 +598,7 @@ async fn set_sku_put_replaces_the_settings_and_keeps_epoch_and_sku_number() {
 async fn set_sku_adjust_moves_on_hand_by_the_delta_and_keeps_the_settings() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    lab.hold_for("alice", 2, NOW).await;
+    lab.hold_for("alice", 2).await;
 
     let request = lab.adjust(-3);
     let reply = lab.set_sku(&request).await;
@@ -584,7 +612,7 @@ async fn set_sku_adjust_moves_on_hand_by_the_delta_and_keeps_the_settings() {
         lab.last_event().await,
         (
             stream_id(2),
-            fields! {"t" => "adjust", "i" => request.event_id, "m" => NOW, "d" => -3, "l" => 0,
+            fields! {"t" => "adjust", "i" => request.event_id, "d" => -3, "l" => 0,
             "ttl" => TTL, "x" => 2, "r" => "stocktake"}
         )
     );
@@ -670,22 +698,16 @@ async fn admit_holds_units_and_writes_hold_expiry_counter_record_and_event() {
     lab.create(SETTINGS).await;
     let request = lab.admit_req("key-1", "alice", 2);
 
-    let reply = lab.admit(&request).await;
+    // Created now by Redis's clock, expiring TTL later.
+    let (created, expires) = lab.admit_held(&request).await;
 
-    let (hold, expires) = (request.hold_id, NOW + TTL);
-    assert_eq!(
-        reply,
-        Fenced::Open(Admission::Held {
-            hold_id: hold,
-            expires_at_ms: expires
-        })
-    );
+    let hold = request.hold_id;
     assert_eq!(lab.counters().await, [10, 2, 0]);
     let hold_key = lab.hold_key(hold);
     assert_eq!(
         lab.hash(&hold_key).await,
-        fields! {"s" => "held", "c" => "alice", "q" => 2, "e" => expires, "x" => 0, "t" => NOW,
-        "a" => request.event_id}
+        fields! {"s" => "held", "c" => "alice", "q" => 2, "e" => expires, "x" => 0,
+        "t" => created, "a" => request.event_id}
     );
     assert_eq!(lab.pttl(&hold_key).await, -1, "a live hold does not expire");
     assert_eq!(lab.expiry_score(hold).await, Some(expires));
@@ -701,7 +723,7 @@ async fn admit_holds_units_and_writes_hold_expiry_counter_record_and_event() {
         (
             stream_id(1),
             fields! {"t" => "admit", "i" => request.event_id, "h" => hold, "c" => "alice",
-            "q" => 2, "m" => NOW, "e" => expires, "k" => "key-1", "f" => "fp-1"}
+            "q" => 2, "e" => expires, "k" => "key-1", "f" => "fp-1"}
         )
     );
     lab.finish().await;
@@ -717,7 +739,6 @@ async fn admit_fingerprints_the_customer_and_quantity_by_default() {
         customer("alice"),
         Quantity::parse(1).unwrap(),
         key("key-1"),
-        NOW,
     );
     let same = Admit {
         hold_id: hold_id(),
@@ -729,27 +750,23 @@ async fn admit_fingerprints_the_customer_and_quantity_by_default() {
         customer("alice"),
         Quantity::parse(2).unwrap(),
         key("key-1"),
-        NOW,
     );
 
-    let first = lab.admit(&request).await;
+    let (_, expires) = lab.admit_held(&request).await;
     let replay = lab.admit(&same).await;
     let reused = lab.admit(&other).await;
 
     let held = Admission::Held {
         hold_id: request.hold_id,
-        expires_at_ms: NOW + TTL,
+        expires_at_ms: expires,
     };
-    assert_eq!(first, Fenced::Open(held.clone()));
     assert_eq!(replay, Fenced::Open(Admission::Replayed(Box::new(held))));
     assert_eq!(reused, Fenced::Open(Admission::KeyReused));
     assert_eq!(
         lab.get("i:key-1").await,
         Some(format!(
-            "{}|H|{}|{}",
-            request.fingerprint,
-            request.hold_id,
-            NOW + TTL
+            "{}|H|{}|{expires}",
+            request.fingerprint, request.hold_id
         ))
     );
     assert_eq!(lab.counters().await, [10, 1, 0]);
@@ -761,15 +778,10 @@ async fn admit_replays_the_same_body_and_refuses_another_body_without_writing() 
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
     let first = lab.admit_req("key-1", "alice", 1);
-    lab.admit_held(&first).await;
+    let (_, expires) = lab.admit_held(&first).await;
     let before = lab.snapshot().await;
 
-    let replay = lab
-        .admit(&Admit {
-            now_ms: NOW + 5_000,
-            ..lab.admit_req("key-1", "alice", 1)
-        })
-        .await;
+    let replay = lab.admit(&lab.admit_req("key-1", "alice", 1)).await;
     let reused = lab
         .admit(&Admit {
             fingerprint: "fp-2".to_owned(),
@@ -781,7 +793,7 @@ async fn admit_replays_the_same_body_and_refuses_another_body_without_writing() 
         replay,
         Fenced::Open(Admission::Replayed(Box::new(Admission::Held {
             hold_id: first.hold_id,
-            expires_at_ms: NOW + TTL
+            expires_at_ms: expires
         })))
     );
     assert_eq!(reused, Fenced::Open(Admission::KeyReused));
@@ -792,7 +804,7 @@ async fn admit_replays_the_same_body_and_refuses_another_body_without_writing() 
 }
 
 #[tokio::test]
-async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
+async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live_and_writes_nothing() {
     let mut lab = Lab::new().await;
     lab.create(SkuSettings {
         on_hand: 1,
@@ -807,36 +819,40 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
             retry_after_ms: None
         })
     );
-    assert_eq!(lab.get("i:key-bob").await.as_deref(), Some("fp-1|S|0"));
+    assert_eq!(
+        lab.get("i:key-bob").await,
+        None,
+        "a rejection stores nothing"
+    );
 
-    let held = lab.hold_for("alice", 1, NOW).await;
-    let mut expected = lab.snapshot().await;
-    let soon = lab
-        .admit(&Admit {
-            now_ms: NOW + 1_000,
-            ..lab.admit_req("key-carol", "carol", 1)
-        })
+    // Retry-After counts by Redis's clock to the first expiry: a hold
+    // expiring in 30 s, then one expiring in half a second.
+    let held = lab.hold_for("alice", 1).await;
+    let held = lab
+        .place_expiry(&held, lab.redis_now().await + 30_000)
         .await;
-    let almost = lab
-        .admit(&Admit {
-            now_ms: NOW + TTL - 500,
-            ..lab.admit_req("key-dave", "dave", 1)
-        })
-        .await;
+    let soon = lab.admit(&lab.admit_req("key-carol", "carol", 1)).await;
+    let Fenced::Open(Admission::SoldOut {
+        retry_after_ms: Some(soon_ms),
+    }) = soon
+    else {
+        panic!("{soon:?}");
+    };
+    assert!(
+        (29_000..=30_000).contains(&soon_ms),
+        "{soon_ms} ms to the expiry"
+    );
+    lab.place_expiry(&held, lab.redis_now().await + 500).await;
+    let before = lab.snapshot().await;
+    let almost = lab.admit(&lab.admit_req("key-dave", "dave", 1)).await;
 
     let sold_out = |ms| {
         Fenced::Open(Admission::SoldOut {
             retry_after_ms: Some(ms),
         })
     };
-    assert_eq!(soon, sold_out(TTL - 1_000));
     assert_eq!(almost, sold_out(1_000), "at least a second");
-    let idem_key = lab.key("i:key-carol");
-    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
-    // Only the two outcome records were written.
-    expected.insert(idem_key, format!("fp-1|S|{}", TTL - 1_000));
-    expected.insert(lab.key("i:key-dave"), "fp-1|S|1000".to_owned());
-    assert_eq!(lab.snapshot().await, expected);
+    assert_eq!(lab.snapshot().await, before, "nothing written");
     assert_eq!(lab.counters().await, [1, 1, 0]);
 
     // Held units without an expiry entry: a second, not zero.
@@ -852,15 +868,15 @@ async fn admit_sold_out_gives_retry_after_only_while_a_hold_is_live() {
 }
 
 #[tokio::test]
-async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
+async fn admit_refuses_beyond_the_per_customer_limit_and_writes_nothing() {
     let mut lab = Lab::new().await;
     lab.create(SkuSettings {
         per_customer_limit: 2,
         ..SETTINGS
     })
     .await;
-    lab.hold_for("alice", 2, NOW).await;
-    let mut expected = lab.snapshot().await;
+    lab.hold_for("alice", 2).await;
+    let before = lab.snapshot().await;
 
     let reply = lab.admit(&lab.admit_req("key-more", "alice", 1)).await;
 
@@ -871,13 +887,66 @@ async fn admit_refuses_beyond_the_per_customer_limit_and_stores_the_outcome() {
             already: 2
         })
     );
-    let idem_key = lab.key("i:key-more");
-    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL);
-    expected.insert(idem_key, "fp-1|L|2|2".to_owned());
-    assert_eq!(lab.snapshot().await, expected);
+    assert_eq!(lab.snapshot().await, before, "nothing written");
     // The limit is per customer.
-    lab.hold_for("bob", 2, NOW).await;
+    lab.hold_for("bob", 2).await;
     assert_eq!(lab.counters().await, [10, 4, 0]);
+    lab.finish().await;
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_decided_afresh_and_only_holds_replay() {
+    let mut lab = Lab::new().await;
+    lab.create(SkuSettings {
+        on_hand: 2,
+        per_customer_limit: 1,
+        ..SETTINGS
+    })
+    .await;
+    // A rejection's record that an older version stored is no record.
+    let legacy = lab.key("i:key-erin");
+    let () = lab.conn.set(&legacy, "fp-2|S|1000").await.expect("SET");
+    let erin = lab.admit_req("key-erin", "erin", 1);
+    let (_, expires) = lab.admit_held(&erin).await;
+    assert_eq!(
+        lab.get("i:key-erin").await,
+        Some(format!("fp-1|H|{}|{expires}", erin.hold_id))
+    );
+    let held = lab.hold_for("alice", 1).await;
+
+    let bob = lab.admit_req("key-bob", "bob", 1);
+    let alice = lab.admit_req("key-alice", "alice", 1);
+    assert!(matches!(
+        lab.admit(&bob).await,
+        Fenced::Open(Admission::SoldOut { .. })
+    ));
+    let over_limit = Fenced::Open(Admission::LimitExceeded {
+        limit: 1,
+        already: 1,
+    });
+    assert_eq!(lab.admit(&alice).await, over_limit);
+    assert_eq!(lab.admit(&alice).await, over_limit, "decided again");
+    assert_eq!(
+        (lab.get("i:key-bob").await, lab.get("i:key-alice").await),
+        (None, None)
+    );
+
+    // A unit comes back: the same keys are decided afresh. Bob asks first.
+    lab.done(Op::Release, held.hold).await;
+    let (_, bob_expires) = lab.admit_held(&bob).await;
+    assert!(matches!(
+        lab.admit(&alice).await,
+        Fenced::Open(Admission::SoldOut { .. })
+    ));
+    assert_eq!(
+        lab.admit(&bob).await,
+        Fenced::Open(Admission::Replayed(Box::new(Admission::Held {
+            hold_id: bob.hold_id,
+            expires_at_ms: bob_expires
+        }))),
+        "a hold replays"
+    );
+    assert_eq!(lab.counters().await, [2, 2, 0]);
     lab.finish().await;
 }
 
@@ -900,7 +969,7 @@ async fn admit_for_a_missing_sku_writes_nothing() {
 async fn admit_refuses_while_the_stream_is_longer_than_the_backlog_limit() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    lab.hold_for("alice", 1, NOW).await;
+    lab.hold_for("alice", 1).await;
     let before = lab.snapshot().await;
     assert_eq!(lab.xlen().await, 2);
 
@@ -946,7 +1015,6 @@ async fn assert_settled(
     held: &Held,
     state: &str,
     kind: &str,
-    now: i64,
 ) {
     let hold_key = lab.hold_key(held.hold);
     assert_eq!(lab.hash(&hold_key).await, held.fields(state));
@@ -961,18 +1029,18 @@ async fn assert_settled(
     assert_eq!(
         event,
         fields! {"t" => kind, "i" => event_id, "h" => held.hold, "c" => held.customer,
-        "q" => held.qty, "m" => now}
+        "q" => held.qty}
     );
 }
 
-/// Every transition script on `held` at `now` answers as `expected`, with
-/// no position, and changes nothing.
-async fn assert_all_inert(lab: &mut Lab, held: &Held, now: i64, expected: [(Op, Inert); 3]) {
+/// Every transition script on `held` answers as `expected`, with no
+/// position, and changes nothing.
+async fn assert_all_inert(lab: &mut Lab, held: &Held, expected: [(Op, Inert); 3]) {
     let before = lab.snapshot().await;
     for (op, inert) in expected {
         let state = lab.hash(&lab.hold_key(held.hold)).await["s"].clone();
         let hold = held.gate_hold(HoldState::parse(&state).unwrap());
-        let (reply, _) = lab.transition(op, held.hold, now).await;
+        let (reply, _) = lab.transition(op, held.hold).await;
         let expected = match inert {
             Inert::Same => Transition::Same { hold },
             Inert::Conflict => Transition::Conflict {
@@ -989,9 +1057,9 @@ async fn assert_all_inert(lab: &mut Lab, held: &Held, now: i64, expected: [(Op, 
 async fn confirm_moves_held_to_sold_once() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let held = lab.hold_for("alice", 2, NOW).await;
+    let held = lab.hold_for("alice", 2).await;
 
-    let call = lab.transition(Op::Confirm, held.hold, NOW + 1_000).await;
+    let call = lab.transition(Op::Confirm, held.hold).await;
 
     assert_eq!(call.0, held.done(HoldState::Confirmed, 2));
     assert_eq!(lab.counters().await, [10, 0, 2]);
@@ -1000,11 +1068,10 @@ async fn confirm_moves_held_to_sold_once() {
         Some("2"),
         "bought units still count toward the limit"
     );
-    assert_settled(&mut lab, &call, &held, "confirmed", "confirm", NOW + 1_000).await;
+    assert_settled(&mut lab, &call, &held, "confirmed", "confirm").await;
     assert_all_inert(
         &mut lab,
         &held,
-        NOW + 2_000,
         [
             (Op::Confirm, Inert::Same),
             (Op::Release, Inert::Conflict),
@@ -1020,24 +1087,23 @@ async fn confirm_moves_held_to_sold_once() {
 async fn release_returns_the_units_and_the_customer_count_once() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let small = lab.hold_for("alice", 1, NOW).await;
-    let large = lab.hold_for("alice", 2, NOW).await;
+    let small = lab.hold_for("alice", 1).await;
+    let large = lab.hold_for("alice", 2).await;
 
-    let call = lab.transition(Op::Release, large.hold, NOW + 1_000).await;
+    let call = lab.transition(Op::Release, large.hold).await;
 
     assert_eq!(call.0, large.done(HoldState::Released, 3));
     assert_eq!(lab.counters().await, [10, 1, 0]);
     assert_eq!(lab.get("c:alice").await.as_deref(), Some("1"));
-    assert_settled(&mut lab, &call, &large, "released", "release", NOW + 1_000).await;
+    assert_settled(&mut lab, &call, &large, "released", "release").await;
 
-    let call = lab.transition(Op::Release, small.hold, NOW + 2_000).await;
+    let call = lab.transition(Op::Release, small.hold).await;
     assert_eq!(call.0, small.done(HoldState::Released, 4));
     assert_eq!(lab.counters().await, [10, 0, 0]);
     assert_eq!(lab.get("c:alice").await, None, "deleted at zero");
     assert_all_inert(
         &mut lab,
         &small,
-        NOW + 3_000,
         [
             (Op::Release, Inert::Same),
             (Op::Confirm, Inert::Conflict),
@@ -1057,7 +1123,7 @@ async fn transitions_of_an_unknown_hold_answer_no_hold() {
     let hold = hold_id();
 
     for op in [Op::Confirm, Op::Release, Op::Extend] {
-        let (reply, _) = lab.transition(op, hold, NOW).await;
+        let (reply, _) = lab.transition(op, hold).await;
         assert_eq!(reply, Fenced::Open(Transition::NoHold), "{op:?}");
     }
 
@@ -1070,10 +1136,11 @@ async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
     for first in [Op::Confirm, Op::Release, Op::Extend] {
         let mut lab = Lab::new().await;
         lab.create(SETTINGS).await;
-        let held = lab.hold_for("alice", 2, NOW).await;
-        let late = held.expires + 1;
+        let held = lab.hold_for("alice", 2).await;
+        // Due by Redis's clock.
+        let held = lab.place_expiry(&held, lab.redis_now().await - 1).await;
 
-        let call = lab.transition(first, held.hold, late).await;
+        let call = lab.transition(first, held.hold).await;
 
         assert_eq!(
             call.0,
@@ -1082,12 +1149,11 @@ async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
         );
         assert_eq!(lab.counters().await, [10, 0, 0], "units returned");
         assert_eq!(lab.get("c:alice").await, None);
-        assert_settled(&mut lab, &call, &held, "expired", "expire", late).await;
+        assert_settled(&mut lab, &call, &held, "expired", "expire").await;
         let before = lab.snapshot().await;
         assert_all_inert(
             &mut lab,
             &held,
-            late + 1,
             [
                 (Op::Release, Inert::Conflict),
                 (Op::Confirm, Inert::Conflict),
@@ -1095,7 +1161,7 @@ async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
             ],
         )
         .await;
-        let (reply, _) = lab.expire(late + 1, 5).await;
+        let (reply, _) = lab.expire(5).await;
         assert_eq!(
             reply,
             Fenced::Open(Expired {
@@ -1115,30 +1181,45 @@ async fn a_hold_past_its_expiry_is_expired_by_whoever_touches_it_first_once() {
 async fn extend_moves_the_expiry_up_to_max_extensions_times() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let held = lab.hold_for("alice", 1, NOW).await;
+    let held = lab.hold_for("alice", 1).await;
 
     let mut extended = held.clone();
-    // The second extension comes after the original expiry: the first one
-    // really moved the deadline.
-    for (n, now) in [(1, NOW + 10_000), (2, NOW + TTL + 5_000)] {
-        let (reply, event_id) = lab.transition(Op::Extend, held.hold, now).await;
+    // The expiry moves to now + TTL by Redis's clock. The second extension
+    // finds the first's deadline 100 ms away: the first really moved it.
+    for n in 1..=2 {
+        if n == 2 {
+            lab.place_expiry(&extended, lab.redis_now().await + 100)
+                .await;
+        }
+        let (reply, event_id) = lab.transition(Op::Extend, held.hold).await;
+        let Fenced::Open(Transition::Done { hold, .. }) = &reply else {
+            panic!("{reply:?}");
+        };
+        let now = hold.expires_at_ms - TTL;
+        lab.assert_redis_time(now).await;
         extended = held.with_expiry(now + TTL, n);
         assert_eq!(reply, extended.done(HoldState::Held, 1 + n));
         let hold_key = lab.hold_key(held.hold);
         assert_eq!(lab.hash(&hold_key).await, extended.fields("held"));
         assert_eq!(lab.expiry_score(held.hold).await, Some(now + TTL));
+        let key = lab.key("events");
+        let (_, event): (String, Fields) = lab
+            .conn
+            .xrevrange_count(key, "+", "-", 1)
+            .await
+            .map(|mut entries: Vec<(String, Fields)>| entries.remove(0))
+            .expect("XREVRANGE");
         assert_eq!(
-            lab.last_event().await.1,
+            event,
             fields! {"t" => "extend", "i" => event_id, "h" => held.hold, "c" => "alice",
-            "q" => 1, "m" => now, "e" => now + TTL}
+            "q" => 1, "m" => now, "e" => now + TTL},
+            "the event carries the time the script read"
         );
     }
     assert_eq!(lab.counters().await, [10, 1, 0]);
 
     let before = lab.snapshot().await;
-    let (reply, _) = lab
-        .transition(Op::Extend, held.hold, NOW + TTL + 6_000)
-        .await;
+    let (reply, _) = lab.transition(Op::Extend, held.hold).await;
     assert_eq!(
         reply,
         Fenced::Open(Transition::ExtensionLimit {
@@ -1147,10 +1228,8 @@ async fn extend_moves_the_expiry_up_to_max_extensions_times() {
     );
     assert_eq!(lab.snapshot().await, before);
 
-    lab.done(Op::Release, held.hold, NOW + TTL + 7_000).await;
-    let (reply, _) = lab
-        .transition(Op::Extend, held.hold, NOW + TTL + 8_000)
-        .await;
+    lab.done(Op::Release, held.hold).await;
+    let (reply, _) = lab.transition(Op::Extend, held.hold).await;
     assert_eq!(reply, extended.conflict(HoldState::Released, None));
     lab.finish().await;
 }
@@ -1161,12 +1240,15 @@ async fn extend_moves_the_expiry_up_to_max_extensions_times() {
 async fn expire_expires_only_due_holds_and_only_once() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let a = lab.hold_for("alice", 1, NOW).await;
-    let b = lab.hold_for("bob", 2, NOW + 5_000).await;
-    let c = lab.hold_for("carol", 3, NOW + 30_000).await;
-    let now = NOW + TTL + 10_000;
+    // a and b are due by Redis's clock, c is not.
+    let now = lab.redis_now().await;
+    let a = lab.hold_for("alice", 1).await;
+    let a = lab.place_expiry(&a, now - 2_000).await;
+    let b = lab.hold_for("bob", 2).await;
+    let b = lab.place_expiry(&b, now - 1_000).await;
+    let c = lab.hold_for("carol", 3).await;
 
-    let (reply, ids) = lab.expire(now, 10).await;
+    let (reply, ids) = lab.expire(10).await;
 
     assert_eq!(
         reply,
@@ -1194,7 +1276,7 @@ async fn expire_expires_only_due_holds_and_only_once() {
             (
                 stream_id(4 + n as i64),
                 fields! {"t" => "expire", "i" => id, "h" => held.hold, "c" => held.customer,
-                "q" => held.qty, "m" => now},
+                "q" => held.qty},
             )
         })
         .collect();
@@ -1206,7 +1288,7 @@ async fn expire_expires_only_due_holds_and_only_once() {
     }
 
     let before = lab.snapshot().await;
-    let (reply, _) = lab.expire(now, 10).await;
+    let (reply, _) = lab.expire(10).await;
     assert_eq!(
         reply,
         Fenced::Open(Expired {
@@ -1224,10 +1306,11 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
     let mut holds = Vec::new();
+    let now = lab.redis_now().await;
     for n in 0..3 {
-        holds.push(lab.hold_for("alice", 1, NOW + n).await);
+        let held = lab.hold_for("alice", 1).await;
+        holds.push(lab.place_expiry(&held, now - 10 + n).await);
     }
-    let now = NOW + TTL + 10;
     let expired = |expired, still_due, next_due_ms| {
         Fenced::Open(Expired {
             expired,
@@ -1236,10 +1319,10 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
         })
     };
 
-    let (first, first_ids) = lab.expire(now, 2).await;
+    let (first, first_ids) = lab.expire(2).await;
     assert_eq!(first, expired(2, 1, Some(holds[2].expires)));
     assert_eq!(lab.counters().await, [10, 1, 0]);
-    let (second, second_ids) = lab.expire(now, 2).await;
+    let (second, second_ids) = lab.expire(2).await;
     assert_eq!(second, expired(1, 0, None));
     assert_eq!(lab.counters().await, [10, 0, 0]);
     assert_eq!(lab.get("c:alice").await, None);
@@ -1262,7 +1345,7 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
         )
         .collect();
     assert_eq!(settled, expected, "earliest first, one event id each");
-    let (third, _) = lab.expire(now, 2).await;
+    let (third, _) = lab.expire(2).await;
     assert_eq!(third, expired(0, 0, None));
     lab.finish().await;
 }
@@ -1271,22 +1354,24 @@ async fn expire_handles_at_most_one_hold_per_event_id() {
 async fn expire_drops_stale_entries_of_settled_or_missing_holds_without_counting() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let confirmed = lab.hold_for("alice", 1, NOW).await;
-    let released = lab.hold_for("bob", 1, NOW).await;
-    // Due before the stale entries of the settled holds, after the missing one.
-    let live = lab.hold_for("carol", 1, NOW - 10_000).await;
-    lab.done(Op::Confirm, confirmed.hold, NOW + 1).await;
-    lab.done(Op::Release, released.hold, NOW + 1).await;
-    lab.zadd(&confirmed.hold.to_string(), confirmed.expires)
-        .await;
-    lab.zadd(&released.hold.to_string(), released.expires).await;
-    lab.zadd(&fresh_id(), NOW).await;
+    let confirmed = lab.hold_for("alice", 1).await;
+    let released = lab.hold_for("bob", 1).await;
+    // All due by Redis's clock: the live hold before the stale entries of
+    // the settled holds, after the missing one.
+    let now = lab.redis_now().await;
+    let live = lab.hold_for("carol", 1).await;
+    let live = lab.place_expiry(&live, now - 2_000).await;
+    lab.done(Op::Confirm, confirmed.hold).await;
+    lab.done(Op::Release, released.hold).await;
+    lab.zadd(&confirmed.hold.to_string(), now - 1_000).await;
+    lab.zadd(&released.hold.to_string(), now - 1_000).await;
+    lab.zadd(&fresh_id(), now - 3_000).await;
     assert_eq!(lab.counters().await, [10, 1, 1]);
     let events_before = lab.xlen().await;
     let hold_key = lab.hold_key(confirmed.hold);
     let confirmed_before = lab.hash(&hold_key).await;
 
-    let (reply, ids) = lab.expire(NOW + TTL + 1, 10).await;
+    let (reply, ids) = lab.expire(10).await;
 
     assert_eq!(
         reply,
@@ -1310,8 +1395,7 @@ async fn expire_drops_stale_entries_of_settled_or_missing_holds_without_counting
     assert_eq!(lab.xlen().await, events_before + 1);
     assert_eq!(
         lab.last_event().await.1,
-        fields! {"t" => "expire", "i" => ids[1], "h" => live.hold, "c" => "carol", "q" => 1,
-        "m" => NOW + TTL + 1}
+        fields! {"t" => "expire", "i" => ids[1], "h" => live.hold, "c" => "carol", "q" => 1}
     );
     lab.finish().await;
 }
@@ -1322,11 +1406,11 @@ async fn expire_drops_stale_entries_of_settled_or_missing_holds_without_counting
 async fn lose_takes_the_units_out_with_the_settle_step_once_and_appends_nothing() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let held = lab.hold_for("alice", 2, NOW).await;
-    let confirmed = lab.hold_for("bob", 3, NOW).await;
-    let released = lab.hold_for("carol", 1, NOW).await;
-    lab.done(Op::Confirm, confirmed.hold, NOW + 1).await;
-    lab.done(Op::Release, released.hold, NOW + 1).await;
+    let held = lab.hold_for("alice", 2).await;
+    let confirmed = lab.hold_for("bob", 3).await;
+    let released = lab.hold_for("carol", 1).await;
+    lab.done(Op::Confirm, confirmed.hold).await;
+    lab.done(Op::Release, released.hold).await;
     assert_eq!(lab.counters().await, [10, 2, 3]);
     let events = lab.xlen().await;
     let lose = async |hold: HoldId| lab.gate.lose(&lab.sku, hold).await.expect("lose runs");
@@ -1368,7 +1452,7 @@ async fn repair_sets_the_counters_only_at_the_fence_it_was_given() {
     let mut lab = Lab::new().await;
     assert_eq!(lab.gate.snapshot(&lab.sku).await.unwrap(), None);
     lab.create(SETTINGS).await;
-    lab.hold_for("alice", 1, NOW).await;
+    lab.hold_for("alice", 1).await;
 
     let snapshot = lab
         .gate
@@ -1389,7 +1473,7 @@ async fn repair_sets_the_counters_only_at_the_fence_it_was_given() {
     assert_eq!(lab.counters().await, [12, 0, 0]);
 
     // An event after the fence: the comparison is stale, nothing is set.
-    lab.hold_for("bob", 1, NOW).await;
+    lab.hold_for("bob", 1).await;
     let before = lab.snapshot().await;
     let stale = lab.gate.repair(&lab.sku, &snapshot, ledger).await.unwrap();
     assert_eq!(stale, Fenced::Open(false));
@@ -1405,8 +1489,8 @@ async fn trim_drops_acknowledged_entries_and_keeps_pending_and_undelivered_ones(
     let mut lab = Lab::new().await;
     assert_eq!(lab.trim().await, 0, "no stream, no group");
     lab.create(SETTINGS).await;
-    lab.hold_for("alice", 1, NOW).await;
-    lab.hold_for("bob", 1, NOW).await;
+    lab.hold_for("alice", 1).await;
+    lab.hold_for("bob", 1).await;
     let consumer = lab.gate.consumer("worker-1").unwrap();
     let skus = [lab.sku.clone()];
     let read = async || -> Vec<String> {
@@ -1438,7 +1522,7 @@ async fn trim_drops_acknowledged_entries_and_keeps_pending_and_undelivered_ones(
     assert_eq!(lab.trim().await, 2);
     assert_eq!(lab.event_ids().await, [e2]);
 
-    lab.hold_for("carol", 1, NOW).await;
+    lab.hold_for("carol", 1).await;
     ack(&[2]).await;
     assert_eq!(lab.trim().await, 1);
     assert_eq!(lab.event_ids().await, [e3], "undelivered is kept");
@@ -1459,7 +1543,8 @@ async fn trim_drops_acknowledged_entries_and_keeps_pending_and_undelivered_ones(
 async fn a_closed_sku_refuses_every_script_that_changes_it_and_writes_nothing() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let held = lab.hold_for("alice", 2, NOW).await;
+    let held = lab.hold_for("alice", 2).await;
+    let held = lab.place_expiry(&held, lab.redis_now().await - 1).await;
     let replayable = lab.admit_req("key-1", "bob", 1);
     lab.admit_held(&replayable).await;
     let fence = lab.gate.snapshot(&lab.sku).await.unwrap().expect("open");
@@ -1473,16 +1558,15 @@ async fn a_closed_sku_refuses_every_script_that_changes_it_and_writes_nothing() 
         "stock hash gone: {keys:?}"
     );
     let before = lab.snapshot().await;
-    let late = held.expires + 1;
 
     // Every script that changes a SKU, on a fresh admission, a replay, the
     // live hold (due, so it would expire), and the SKU's stock.
     let fresh = lab.admit(&lab.admit_req("key-2", "carol", 1)).await;
     let replay = lab.admit(&lab.admit_req("key-1", "bob", 1)).await;
-    let confirm = lab.transition(Op::Confirm, held.hold, late).await.0;
-    let release = lab.transition(Op::Release, held.hold, late).await.0;
-    let extend = lab.transition(Op::Extend, held.hold, late).await.0;
-    let expire = lab.expire(late, 10).await.0;
+    let confirm = lab.transition(Op::Confirm, held.hold).await.0;
+    let release = lab.transition(Op::Release, held.hold).await.0;
+    let extend = lab.transition(Op::Extend, held.hold).await.0;
+    let expire = lab.expire(10).await.0;
     let put = lab.set_sku(&lab.put(SETTINGS)).await;
     let adjust = lab.set_sku(&lab.adjust(1)).await;
     let lose = lab.gate.lose(&lab.sku, held.hold).await.unwrap();
@@ -1524,7 +1608,7 @@ async fn rebuild_refuses_an_open_sku() {
     };
 
     // Neither closed nor created: a rebuild must close it first.
-    let never_closed = lab.gate.rebuild_sku(&snapshot, NOW).await;
+    let never_closed = lab.gate.rebuild_sku(&snapshot).await;
     assert!(
         matches!(never_closed, Err(GateError::NotClosed(ref sku)) if *sku == lab.sku),
         "{never_closed:?}"
@@ -1532,9 +1616,9 @@ async fn rebuild_refuses_an_open_sku() {
     assert_eq!(lab.keys().await, Vec::<String>::new());
 
     lab.create(SETTINGS).await;
-    let held = lab.hold_for("alice", 1, NOW).await;
+    let held = lab.hold_for("alice", 1).await;
     let before = lab.snapshot().await;
-    let open = lab.gate.rebuild_sku(&snapshot, NOW).await;
+    let open = lab.gate.rebuild_sku(&snapshot).await;
     assert!(matches!(open, Err(GateError::NotClosed(_))), "{open:?}");
     assert_eq!(lab.snapshot().await, before, "nothing unlinked");
     let hold_key = lab.hold_key(held.hold);
@@ -1546,7 +1630,8 @@ async fn rebuild_refuses_an_open_sku() {
 async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
-    let old = lab.hold_for("dave", 4, NOW - 50_000).await;
+    let old = lab.hold_for("dave", 4).await;
+    let now = lab.redis_now().await;
     lab.admit_held(&lab.admit_req("key-old", "dave", 1)).await;
     lab.gate.close_sku(&lab.sku).await.unwrap();
 
@@ -1562,17 +1647,17 @@ async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
                 hold_id: alice,
                 customer_id: "alice".to_owned(),
                 quantity: 1,
-                expires_at_ms: NOW + TTL,
+                expires_at_ms: now + TTL,
                 extensions: 0,
-                created_ms: NOW,
+                created_ms: now,
             },
             LiveHold {
                 hold_id: bob,
                 customer_id: "bob".to_owned(),
                 quantity: 2,
-                expires_at_ms: NOW + 5_000,
+                expires_at_ms: now + 5_000,
                 extensions: 1,
-                created_ms: NOW - 1_000,
+                created_ms: now - 1_000,
             },
         ],
         customers: vec![
@@ -1584,12 +1669,12 @@ async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
             key: "key-a".to_owned(),
             fingerprint: "fp-a".to_owned(),
             hold_id: alice,
-            expires_at_ms: NOW + TTL,
-            created_ms: NOW,
+            expires_at_ms: now + TTL,
+            created_ms: now - 60_000,
         }],
     };
 
-    lab.gate.rebuild_sku(&snapshot, NOW + 1_000).await.unwrap();
+    lab.gate.rebuild_sku(&snapshot).await.unwrap();
 
     let registry = format!("{}:skus", lab.prefix);
     let mut expected_keys = vec![
@@ -1620,18 +1705,18 @@ async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
     let alice_key = lab.hold_key(alice);
     assert_eq!(
         lab.hash(&alice_key).await,
-        fields! {"s" => "held", "c" => "alice", "q" => 1, "e" => NOW + TTL, "x" => 0,
-        "t" => NOW, "a" => ""}
+        fields! {"s" => "held", "c" => "alice", "q" => 1, "e" => now + TTL, "x" => 0,
+        "t" => now, "a" => ""}
     );
     let bob_key = lab.hold_key(bob);
     assert_eq!(
         lab.hash(&bob_key).await,
-        fields! {"s" => "held", "c" => "bob", "q" => 2, "e" => NOW + 5_000, "x" => 1,
-        "t" => NOW - 1_000, "a" => ""}
+        fields! {"s" => "held", "c" => "bob", "q" => 2, "e" => now + 5_000, "x" => 1,
+        "t" => now - 1_000, "a" => ""}
     );
     assert_eq!(lab.pttl(&alice_key).await, -1);
-    assert_eq!(lab.expiry_score(alice).await, Some(NOW + TTL));
-    assert_eq!(lab.expiry_score(bob).await, Some(NOW + 5_000));
+    assert_eq!(lab.expiry_score(alice).await, Some(now + TTL));
+    assert_eq!(lab.expiry_score(bob).await, Some(now + 5_000));
     assert_eq!(lab.expiry_score(old.hold).await, None);
     for (customer, units) in [("c:alice", "1"), ("c:bob", "2"), ("c:carol", "2")] {
         assert_eq!(
@@ -1642,11 +1727,11 @@ async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
     }
     assert_eq!(
         lab.get("i:key-a").await,
-        Some(format!("fp-a|H|{alice}|{}", NOW + TTL))
+        Some(format!("fp-a|H|{alice}|{}", now + TTL))
     );
     // The record lives out its window from admission, not from the rebuild.
     let idem_key = lab.key("i:key-a");
-    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL - 1_000);
+    assert_recent_ttl(lab.pttl(&idem_key).await, IDEM_TTL - 60_000);
     assert_eq!(lab.xlen().await, 0);
     assert_eq!(
         lab.groups().await,
@@ -1665,17 +1750,10 @@ async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
         replay,
         Fenced::Open(Admission::Replayed(Box::new(Admission::Held {
             hold_id: alice,
-            expires_at_ms: NOW + TTL
+            expires_at_ms: now + TTL
         })))
     );
-    let fresh = lab.admit_req("key-new", "erin", 3);
-    assert_eq!(
-        lab.admit(&fresh).await,
-        Fenced::Open(Admission::Held {
-            hold_id: fresh.hold_id,
-            expires_at_ms: NOW + TTL
-        })
-    );
+    lab.admit_held(&lab.admit_req("key-new", "erin", 3)).await;
     assert_eq!(lab.counters().await, [10, 6, 2]);
     assert_eq!(lab.event_ids().await, [format!("{epoch}-0")]);
     lab.finish().await;

@@ -9,7 +9,7 @@
 //! | `admitted` | every hold answered `201` is in the ledger at rest and settled; `lost` (or absent) only if Redis lost its data after the admission began |
 //! | `confirmed` | every `200` confirm is `confirmed` at rest, and no later answer shows it otherwise |
 //! | `released` | every `200` release is `released` at rest (or expired/lost after a Redis data loss) |
-//! | `idempotency` | a key names one hold, in every answer and in the ledger, and that hold is the key's |
+//! | `idempotency` | a key names one hold, in every answer and in the ledger, and that hold is the key's; no rejection is replayed |
 //! | `conservation` | at rest, every gatekeeper's figures equal the ledger's; `dropgate audit` passes; nothing still held; no event dead-lettered |
 //! | `adjustment` | an answered adjustment is in the ledger once; a refused one not at all; a retried one at most once |
 //! | `limit` | per customer, held + confirmed units never exceed the SKU's limit in the ledger |
@@ -480,6 +480,17 @@ fn observed_state(op: &Op) -> Option<&str> {
 /// Check 4: idempotency.
 fn check_idempotency(ctx: &Context, report: &mut Report) {
     for ((sku, key), attempts) in &ctx.admits {
+        // Rejections store nothing (API.md), so none is ever replayed.
+        for op in attempts
+            .iter()
+            .filter(|op| op.replayed && (op.code_is("sold_out") || op.code_is("limit_exceeded")))
+        {
+            report.violation(
+                "idempotency",
+                format!("key {key} of {sku} replayed a rejection, which is never stored"),
+                &[op],
+            );
+        }
         let named: BTreeSet<&str> = attempts
             .iter()
             .filter(|op| op.is_admitted())

@@ -462,6 +462,26 @@ fn sold_out_while_stock_was_free_is_rejected_on_a_main_sku() {
 }
 
 #[test]
+fn a_replayed_rejection_is_rejected() {
+    let mut b = Builder::new(vec![spec("sku-a", 1, 0, false)]);
+    b.admit_other("c1", "sku-a", "k1", "alice", 0, None, None);
+    b.admit_other("c2", "sku-a", "k2", "bob", 100, Some(110), Some("sold_out"));
+    // The retry replays the sold_out: a rejection that was stored.
+    b.admit_other("c2", "sku-a", "k2", "bob", 120, Some(130), Some("sold_out"));
+    b.ops.last_mut().expect("an op").replayed = true;
+    let holds = vec![hold("h1", "sku-a", "alice", "k1", "expired")];
+    let run = run(b, vec![figures("sku-a", 1, 0, 0, 0)], holds);
+    let report = checker::check(&run);
+    assert_eq!(report.violations.len(), 1, "{}", report.text(10));
+    assert_eq!(report.violations[0].check, "idempotency");
+    assert!(
+        report.violations[0]
+            .message
+            .contains("key k2 of sku-a replayed a rejection")
+    );
+}
+
+#[test]
 fn sold_out_explained_by_an_unknown_admission_is_accepted() {
     let mut b = Builder::new(vec![spec("sku-a", 1, 0, false)]);
     // k1 timed out: it may have taken the unit (the ledger says it did).

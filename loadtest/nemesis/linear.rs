@@ -9,7 +9,7 @@
 //! outcome the model allows, or not at all.
 //!
 //! The model is one SKU's gate: admit (held, sold_out, limit_exceeded, and
-//! replays of a key's first answer), confirm, release, extend and reads of a
+//! replays of a key's hold; a rejection is never replayed), confirm, release, extend and reads of a
 //! hold. Probe SKUs are created fresh for each window with a long hold TTL,
 //! so nothing expires inside a window and the initial state is known.
 
@@ -307,15 +307,12 @@ pub enum GateOp {
     },
 }
 
-/// What an idempotency key has recorded.
+/// What an idempotency key has recorded. A rejection records nothing
+/// (API.md): the key stays fresh, and a retry is decided afresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum KeyRecord {
     Fresh,
     Held,
-    /// A rejection: replayed with `Idempotent-Replayed: true` while the
-    /// record is kept, or decided afresh when the gate keeps none.
-    SoldOut,
-    LimitExceeded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -384,23 +381,13 @@ impl Gate {
             answers.push((AdmitOutcome::Held, next));
         }
         if sold_out {
-            let mut next = self.clone();
-            next.keys[key] = KeyRecord::SoldOut;
-            answers.push((AdmitOutcome::SoldOut { replayed: false }, next));
+            answers.push((AdmitOutcome::SoldOut { replayed: false }, self.clone()));
         }
         if over_limit {
-            let mut next = self.clone();
-            next.keys[key] = KeyRecord::LimitExceeded;
-            answers.push((AdmitOutcome::LimitExceeded { replayed: false }, next));
-        }
-        match record {
-            KeyRecord::SoldOut => {
-                answers.push((AdmitOutcome::SoldOut { replayed: true }, self.clone()))
-            }
-            KeyRecord::LimitExceeded => {
-                answers.push((AdmitOutcome::LimitExceeded { replayed: true }, self.clone()))
-            }
-            _ => {}
+            answers.push((
+                AdmitOutcome::LimitExceeded { replayed: false },
+                self.clone(),
+            ));
         }
         answers
     }

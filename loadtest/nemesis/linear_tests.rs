@@ -213,9 +213,9 @@ fn the_gate_model_enforces_the_limit_and_replays() {
             20,
             Some(30),
         ),
-        // The same key again: the stored rejection, or decided afresh.
+        // The same key again: decided afresh (a rejection stores nothing).
         call(
-            admit(1, 0, AdmitOutcome::LimitExceeded { replayed: true }),
+            admit(1, 0, AdmitOutcome::LimitExceeded { replayed: false }),
             40,
             Some(50),
         ),
@@ -231,16 +231,27 @@ fn the_gate_model_enforces_the_limit_and_replays() {
         check(&gate, &breach, 10_000),
         Verdict::Illegal { .. }
     ));
-    // A replayed rejection needs a first answer to replay.
-    let invented = [call(
-        admit(1, 0, AdmitOutcome::LimitExceeded { replayed: true }),
-        0,
-        Some(10),
-    )];
-    assert!(matches!(
-        check(&gate, &invented, 10_000),
-        Verdict::Illegal { .. }
-    ));
+    // A rejection is never replayed: it was never stored.
+    let one_unit = Gate::new(1, 0, 1, 2, 2);
+    for (gate, rejected) in [
+        (&gate, AdmitOutcome::LimitExceeded { replayed: false }),
+        (&one_unit, AdmitOutcome::SoldOut { replayed: false }),
+    ] {
+        let replay = match rejected {
+            AdmitOutcome::SoldOut { .. } => AdmitOutcome::SoldOut { replayed: true },
+            _ => AdmitOutcome::LimitExceeded { replayed: true },
+        };
+        let customer = usize::from(matches!(rejected, AdmitOutcome::SoldOut { .. }));
+        let replayed = [
+            call(admit(0, 0, AdmitOutcome::Held), 0, Some(10)),
+            call(admit(1, customer, rejected), 20, Some(30)),
+            call(admit(1, customer, replay), 40, Some(50)),
+        ];
+        assert!(matches!(
+            check(gate, &replayed, 10_000),
+            Verdict::Illegal { .. }
+        ));
+    }
 }
 
 #[test]

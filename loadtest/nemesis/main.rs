@@ -54,10 +54,9 @@ struct Args {
     bin: PathBuf,
     out: PathBuf,
     recheck: Option<PathBuf>,
-    /// Skew gatekeeper 2's clock by ±5 s. Off unless asked for: every
-    /// script still takes "now" from its caller, so a skewed gatekeeper
-    /// answers expiries by its own clock (DESIGN "One clock"), a known
-    /// violation until the scripts read Redis's `TIME` (issue 12).
+    /// Skew gatekeeper 2's clock by ±5 s (on unless `--no-skew`): every
+    /// decision by time reads Redis's clock (DESIGN "One clock"), so a
+    /// skewed gatekeeper must decide exactly as the others.
     skew: bool,
 }
 
@@ -75,7 +74,7 @@ fn parse_args() -> anyhow::Result<Parsed> {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_dropgate")),
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/out/nemesis"),
         recheck: None,
-        skew: false,
+        skew: true,
     };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
@@ -91,7 +90,7 @@ fn parse_args() -> anyhow::Result<Parsed> {
             "--bin" => args.bin = PathBuf::from(value("--bin")?),
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--recheck" => args.recheck = Some(PathBuf::from(value("--recheck")?)),
-            "--skew" => args.skew = true,
+            "--no-skew" => args.skew = false,
             "--list" => {
                 println!("nemesis: test");
                 return Ok(Parsed::Nothing);
@@ -213,7 +212,7 @@ async fn run_one(args: &Args, seed: u64) -> anyhow::Result<Report> {
             .join(", ")
     );
     if !args.skew {
-        println!("  clock skew off (--skew turns it on; see the README's Correctness section)");
+        println!("  clock skew off (--no-skew)");
     } else if faketime.is_none() {
         println!("  clock skew skipped: libfaketime is not installed (apt-get install faketime)");
     }

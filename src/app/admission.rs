@@ -36,7 +36,6 @@ impl Dropgate {
                         quantity,
                         key,
                         fingerprint: &fingerprint(customer, quantity),
-                        now_ms: self.now_ms(),
                         serial: self.hold_ids.serial(&self.ledger).await?,
                         id_key: self.hold_ids.key(),
                     })
@@ -71,7 +70,6 @@ impl Dropgate {
             self.require_gate().await?;
             return Ok(Admission::UnknownSku);
         };
-        let now = self.now_ms();
         let hold_id = self.hold_ids.issue(&self.ledger, sku_no, quantity).await?;
         let request = Admit::new(
             sku.clone(),
@@ -79,7 +77,6 @@ impl Dropgate {
             customer.clone(),
             quantity,
             key.clone(),
-            now,
         );
         let outcome = self
             .gate

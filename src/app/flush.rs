@@ -90,7 +90,7 @@ impl Dropgate {
     /// The commit lag: how old the oldest event of a batch just committed
     /// was. Whoever commits (worker or inline) records it.
     pub fn record_commit_lag(&self, oldest_ms: i64) {
-        let lag_ms = (self.now_ms() - oldest_ms).max(0);
+        let lag_ms = (super::machine_ms() - oldest_ms).max(0);
         metrics::gauge!(crate::telemetry::metric::COMMIT_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
     }
 

@@ -124,7 +124,7 @@ impl Dropgate {
         };
         let transition = self
             .gate
-            .transition(&sku, hold_id, operation, self.now_ms())
+            .transition(&sku, hold_id, operation)
             .await?
             .open()
             .ok_or(AppError::GateNotBuilt)?;

@@ -18,8 +18,7 @@ mod hold_ids;
 mod holds;
 mod stock;
 
-use crate::clock::SharedClock;
-use crate::domain::{Hold, HoldId, SkuId, time_from_ms};
+use crate::domain::{Hold, HoldId, SkuId, ms_from_time, time_from_ms};
 use crate::gate::{Gate, GateError, GateHold};
 use crate::ledger::{Ledger, LedgerError};
 use std::collections::{BTreeSet, HashMap};
@@ -75,8 +74,6 @@ impl AppError {
 pub struct Dropgate {
     pub gate: Gate,
     pub ledger: Ledger,
-    /// Every time-based decision made here reads this clock.
-    clock: SharedClock,
     /// Issues hold ids and tells ours from forged ones.
     hold_ids: Arc<hold_ids::HoldIds>,
     /// SKU → its ledger number, needed to mint hold ids. Never changes.
@@ -95,12 +92,11 @@ pub struct Dropgate {
 
 impl Dropgate {
     /// Both stores' service; loads the ledger's hold id key.
-    pub async fn open(gate: Gate, ledger: Ledger, clock: SharedClock) -> Result<Self, AppError> {
+    pub async fn open(gate: Gate, ledger: Ledger) -> Result<Self, AppError> {
         let hold_ids = Arc::new(hold_ids::HoldIds::load(&ledger).await?);
         Ok(Self {
             gate,
             ledger,
-            clock,
             hold_ids,
             sku_numbers: Arc::default(),
             replica_wait: None,
@@ -154,14 +150,6 @@ impl Dropgate {
         self.admission
     }
 
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
-    }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
     /// The gate epoch; `GateNotBuilt` while it is being rebuilt.
     async fn require_gate(&self) -> Result<i64, AppError> {
         self.gate.epoch().await?.ok_or(AppError::GateNotBuilt)
@@ -192,6 +180,14 @@ impl Dropgate {
             AdmissionMode::Redis => self.gate.sku_of(hold_id).await?,
         })
     }
+}
+
+/// This machine's clock, for what decides nothing: the commit lag it
+/// reports. Every decision by time reads
+/// the clock of the store that decides (DESIGN.md "One clock"): Redis's,
+/// inside the scripts, or Postgres's `now()` for the Postgres-direct peer.
+fn machine_ms() -> i64 {
+    ms_from_time(time::OffsetDateTime::now_utc())
 }
 
 /// A hold as the gate has it, in the shape dropgate answers with.

@@ -130,7 +130,7 @@ impl Dropgate {
                 (StockChange::Adjust { delta: *delta }, reason.clone())
             }
         };
-        let mut set = SetSku::new(sku.clone(), change, &reason, epoch, self.now_ms());
+        let mut set = SetSku::new(sku.clone(), change, &reason, epoch);
         if let Some(key) = key {
             set = set.with_key(key.as_str(), stock_change_fingerprint(&request));
         }

@@ -40,19 +40,13 @@ pub enum StockRequest {
 }
 
 /// A stored outcome, without its fingerprint: `H|<hold id>|<expires_at_ms>`.
-/// Older records may hold a rejection (`S|…`, `L|…`); they still decode.
+/// Rejections are never stored (API.md: they leave no trace); the script
+/// reads a rejection's record that an older version stored as no record.
 pub fn decode_outcome(record: &str) -> Option<Admission> {
-    let parts: Vec<&str> = record.split('|').collect();
-    let int = |s: &str| s.parse::<i64>().ok();
-    match parts.as_slice() {
+    match record.split('|').collect::<Vec<_>>().as_slice() {
         ["H", hold_id, expires_at_ms] => Some(Admission::Held {
             hold_id: HoldId::parse(hold_id)?,
-            expires_at_ms: int(expires_at_ms)?,
-        }),
-        ["S", retry_after_ms] => Some(Admission::sold_out(int(retry_after_ms)?)),
-        ["L", limit, already] => Some(Admission::LimitExceeded {
-            limit: int(limit)?,
-            already: int(already)?,
+            expires_at_ms: expires_at_ms.parse().ok()?,
         }),
         _ => None,
     }
@@ -80,12 +74,7 @@ mod tests {
                 expires_at_ms: 42
             }))
         );
-        assert_eq!(
-            decode_outcome("S|0"),
-            Some(Admission::SoldOut {
-                retry_after_ms: None
-            })
-        );
+        assert_eq!(decode_outcome("S|0"), None, "rejections are not records");
         assert_eq!(decode_outcome("H|not-a-uuid|1"), None);
     }
 

@@ -28,7 +28,6 @@ pub struct Admit {
     pub key: IdempotencyKey,
     /// What makes a retry "the same request" (see `domain::fingerprint`).
     pub fingerprint: String,
-    pub now_ms: i64,
     /// Refuse while the SKU's stream holds this many uncommitted events.
     pub backlog_limit: i64,
 }
@@ -42,7 +41,6 @@ impl Admit {
         customer: CustomerId,
         quantity: Quantity,
         key: IdempotencyKey,
-        now_ms: i64,
     ) -> Self {
         Self {
             fingerprint: fingerprint(&customer, quantity),
@@ -52,7 +50,6 @@ impl Admit {
             customer,
             quantity,
             key,
-            now_ms,
             backlog_limit: MAX_EVENT_BACKLOG,
         }
     }
@@ -80,7 +77,6 @@ impl Script for Admit {
             .arg(self.event_id.to_string())
             .arg(self.customer.as_str())
             .arg(self.quantity.get())
-            .arg(self.now_ms)
             .arg(&self.fingerprint)
             .arg(IDEMPOTENCY_TTL_MS)
             .arg(self.key.as_str())

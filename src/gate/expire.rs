@@ -11,21 +11,19 @@ use uuid::Uuid;
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| with_hold_lib(include_str!("../../lua/expire.lua")));
 
-/// Expires up to `event_ids.len()` holds of `sku` whose expiry is at or
-/// before `now_ms`, one event id each.
+/// Expires up to `event_ids.len()` holds of `sku` whose expiry has passed
+/// by Redis's clock, one event id each.
 #[derive(Debug, Clone)]
 pub struct Expire {
     pub sku: SkuId,
-    pub now_ms: i64,
     pub event_ids: Vec<Uuid>,
 }
 
 impl Expire {
     /// A batch of at most `batch` holds, with fresh event ids.
-    pub fn new(sku: SkuId, batch: usize, now_ms: i64) -> Self {
+    pub fn new(sku: SkuId, batch: usize) -> Self {
         Self {
             sku,
-            now_ms,
             event_ids: (0..batch).map(|_| Uuid::new_v4()).collect(),
         }
     }
@@ -53,7 +51,7 @@ impl Script for Expire {
     fn invocation(&self, prefix: &str) -> ScriptInvocation<'static> {
         let k = Keys::new(prefix);
         let mut invocation = SCRIPT.key(k.expiry(&self.sku));
-        invocation.arg(k.base(&self.sku)).arg(self.now_ms);
+        invocation.arg(k.base(&self.sku));
         for event_id in &self.event_ids {
             invocation.arg(event_id.to_string());
         }

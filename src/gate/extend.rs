@@ -12,7 +12,7 @@ use uuid::Uuid;
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| with_hold_lib(include_str!("../../lua/extend.lua")));
 
-/// Moves a held hold's expiry to now + the SKU's hold TTL, at most
+/// Moves a held hold's expiry to now (Redis's clock) + the SKU's hold TTL, at most
 /// `max_extensions` times.
 #[derive(Debug, Clone)]
 pub struct Extend {
@@ -20,16 +20,14 @@ pub struct Extend {
     pub hold_id: HoldId,
     /// Names the extension's event, or the expiry's if the hold is past due.
     pub event_id: Uuid,
-    pub now_ms: i64,
 }
 
 impl Extend {
-    pub fn new(sku: SkuId, hold_id: HoldId, now_ms: i64) -> Self {
+    pub fn new(sku: SkuId, hold_id: HoldId) -> Self {
         Self {
             sku,
             hold_id,
             event_id: Uuid::new_v4(),
-            now_ms,
         }
     }
 }
@@ -47,8 +45,7 @@ impl Script for Extend {
         invocation
             .arg(k.base(&self.sku))
             .arg(self.hold_id.to_string())
-            .arg(self.event_id.to_string())
-            .arg(self.now_ms);
+            .arg(self.event_id.to_string());
         invocation
     }
 

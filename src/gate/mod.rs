@@ -178,6 +178,15 @@ impl Gate {
         Ok(reply)
     }
 
+    /// Redis's clock in unix ms: the one clock every time-based decision
+    /// reads (DESIGN.md "One clock"), so gatekeepers whose own clocks
+    /// disagree decide as one.
+    pub async fn time_ms(&self) -> Result<i64, GateError> {
+        let mut conn = self.conn.clone();
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(seconds * 1000 + micros / 1000)
+    }
+
     pub async fn ping(&self) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -204,16 +213,12 @@ impl Gate {
         sku: &SkuId,
         hold_id: HoldId,
         operation: HoldTransition,
-        now_ms: i64,
     ) -> Result<Fenced<Transition>, GateError> {
-        let settle = |to| Settle::new(sku.clone(), hold_id, to, now_ms);
+        let settle = |to| Settle::new(sku.clone(), hold_id, to);
         match operation {
             HoldTransition::Confirm => self.settle(&settle(Settlement::Confirm)).await,
             HoldTransition::Release => self.settle(&settle(Settlement::Release)).await,
-            HoldTransition::Extend => {
-                self.extend(&Extend::new(sku.clone(), hold_id, now_ms))
-                    .await
-            }
+            HoldTransition::Extend => self.extend(&Extend::new(sku.clone(), hold_id)).await,
             HoldTransition::Expire | HoldTransition::Lose => Err(GateError::protocol(format!(
                 "{} is not a client operation",
                 operation.as_str()

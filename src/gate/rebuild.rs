@@ -8,6 +8,7 @@
 
 use super::{CONSUMER_GROUP, Gate, GateError};
 use crate::domain::{IDEMPOTENCY_TTL_MS, SkuId, SkuSnapshot, encode_held};
+use redis::{SetExpiry, SetOptions};
 
 /// Keys written per pipeline while rebuilding.
 const REBUILD_CHUNK: usize = 500;
@@ -76,12 +77,13 @@ impl Gate {
 
     /// Writes one closed SKU as the ledger has it, then opens it. The SKU's
     /// old keys go first (the marker aside); the stock hash comes last, so
-    /// the SKU stays closed until everything else is in place. `now_ms`
-    /// dates the idempotency records' remaining lifetime.
+    /// the SKU stays closed until everything else is in place. Idempotency
+    /// records expire at an absolute time (`PXAT`), so Redis's clock alone
+    /// decides what is left of their window.
     ///
     /// Refuses an open SKU: its scripts would keep writing while it is
     /// rewritten, and what they wrote would be lost.
-    pub async fn rebuild_sku(&self, sku: &SkuSnapshot, now_ms: i64) -> Result<(), GateError> {
+    pub async fn rebuild_sku(&self, sku: &SkuSnapshot) -> Result<(), GateError> {
         let mut conn = self.conn.clone();
         let k = self.keys();
         let id = &sku.sku;
@@ -150,15 +152,16 @@ impl Gate {
             let mut pipe = redis::pipe();
             for admitted in chunk {
                 // The record lives out the rest of its window from admission.
-                let ttl_ms = admitted.created_ms + IDEMPOTENCY_TTL_MS - now_ms;
-                pipe.pset_ex(
+                let ends_ms = admitted.created_ms + IDEMPOTENCY_TTL_MS;
+                pipe.set_options(
                     k.idempotency(id, &admitted.key),
                     encode_held(
                         &admitted.fingerprint,
                         admitted.hold_id,
                         admitted.expires_at_ms,
                     ),
-                    u64::try_from(ttl_ms).unwrap_or(1).max(1),
+                    SetOptions::default()
+                        .with_expiration(SetExpiry::PXAT(u64::try_from(ends_ms).unwrap_or(1))),
                 )
                 .ignore();
             }

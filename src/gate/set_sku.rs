@@ -31,21 +31,19 @@ pub struct SetSku {
     pub event_id: Uuid,
     /// The gate epoch, kept by a SKU created now.
     pub epoch: i64,
-    pub now_ms: i64,
     /// The client's `Idempotency-Key` and the change's fingerprint: a
     /// change made with a key is remembered, and a retry replays it.
     pub idempotency: Option<(String, String)>,
 }
 
 impl SetSku {
-    pub fn new(sku: SkuId, change: StockChange, reason: &str, epoch: i64, now_ms: i64) -> Self {
+    pub fn new(sku: SkuId, change: StockChange, reason: &str, epoch: i64) -> Self {
         Self {
             sku,
             change,
             reason: reason.to_owned(),
             event_id: Uuid::new_v4(),
             epoch,
-            now_ms,
             idempotency: None,
         }
     }
@@ -106,7 +104,6 @@ impl Script for SetSku {
         };
         invocation
             .arg(self.event_id.to_string())
-            .arg(self.now_ms)
             .arg(self.epoch)
             .arg(sku_no)
             .arg(&self.reason)

@@ -37,17 +37,15 @@ pub struct Settle {
     pub to: Settlement,
     /// Names the settlement's event, or the expiry's if the hold is past due.
     pub event_id: Uuid,
-    pub now_ms: i64,
 }
 
 impl Settle {
-    pub fn new(sku: SkuId, hold_id: HoldId, to: Settlement, now_ms: i64) -> Self {
+    pub fn new(sku: SkuId, hold_id: HoldId, to: Settlement) -> Self {
         Self {
             sku,
             hold_id,
             to,
             event_id: Uuid::new_v4(),
-            now_ms,
         }
     }
 }
@@ -69,7 +67,6 @@ impl Script for Settle {
             .arg(k.base(&self.sku))
             .arg(self.hold_id.to_string())
             .arg(self.event_id.to_string())
-            .arg(self.now_ms)
             .arg(self.to.state().as_str());
         invocation
     }

@@ -116,8 +116,9 @@ pub(super) struct AdmitRequest {
 /// Admit a pre-reservation.
 ///
 /// Replaying an `Idempotency-Key` (scoped per SKU) with the same body
-/// returns the first answer, errors included, with `Idempotent-Replayed:
-/// true`, for at least 24 h.
+/// returns the first hold with `Idempotent-Replayed: true`, for at least
+/// 24 h. Rejections (`sold_out`, `limit_exceeded`) store nothing: a retry
+/// with the same key is decided afresh.
 #[utoipa::path(
     post,
     path = "/v1/skus/{sku}/holds",

@@ -10,7 +10,7 @@
 use super::{Ledger, LedgerError};
 use crate::domain::{
     Admission, CustomerId, HoldId, HoldIdKey, HoldState, IdempotencyKey, MovementKind, Quantity,
-    SkuId, ms_from_time, time_from_ms,
+    SkuId, ms_from_time,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -35,9 +35,9 @@ pub struct DirectAdmission<'a> {
     pub quantity: Quantity,
     pub key: &'a IdempotencyKey,
     pub fingerprint: &'a str,
-    pub now_ms: i64,
     /// The hold id's serial (unique; see [`HoldId`]) and the key that
     /// signs it: the SKU's number is only known under its row lock.
+    /// Postgres's clock decides everything time-based.
     pub serial: u64,
     pub id_key: &'a HoldIdKey,
 }
@@ -53,7 +53,6 @@ impl Ledger {
             quantity,
             key,
             fingerprint,
-            now_ms,
             serial,
             id_key,
         } = request;
@@ -83,13 +82,14 @@ impl Ledger {
                 return Ok(replay);
             }
             let retry_after_ms = if held > 0 {
-                let next: Option<OffsetDateTime> = sqlx::query_scalar(
-                    "SELECT min(expires_at) FROM holds WHERE sku = $1 AND state = 'held'",
+                let next_ms: Option<i64> = sqlx::query_scalar(
+                    "SELECT (extract(epoch FROM min(expires_at) - now()) * 1000)::int8
+                     FROM holds WHERE sku = $1 AND state = 'held'",
                 )
                 .bind(sku.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                Some(next.map_or(1000, |t| (ms_from_time(t) - now_ms).max(1000)))
+                Some(next_ms.map_or(1000, |ms| ms.max(1000)))
             } else {
                 None
             };
@@ -117,16 +117,18 @@ impl Ledger {
             }
         }
         let sku_no = u32::try_from(sku_no).unwrap_or(0);
-        let now = now_ms;
         let hold_id = HoldId::issue(id_key, serial, sku_no, quantity);
-        let expires_at_ms = now + hold_ttl_ms;
-        sqlx::query(
+        let expires_at: OffsetDateTime = sqlx::query_scalar(
             "WITH h AS (
                 INSERT INTO holds (hold_id, sku, customer_id, quantity, state, idempotency_key,
                                    request_fingerprint, created_at, expires_at)
-                VALUES ($1, $2, $3, $4, 'held', $5, $6, $7, $8))
-             INSERT INTO movements (event_id, sku, hold_id, kind, held_delta, reason, occurred_at)
-             VALUES ($9, $2, $1, 'admit', $4, 'postgres-direct', $7)",
+                VALUES ($1, $2, $3, $4, 'held', $5, $6, now(),
+                        now() + make_interval(secs => $7::float8 / 1000))
+                RETURNING expires_at),
+             m AS (
+                INSERT INTO movements (event_id, sku, hold_id, kind, held_delta, reason, occurred_at)
+                VALUES ($8, $2, $1, 'admit', $4, 'postgres-direct', now()))
+             SELECT expires_at FROM h",
         )
         .bind(hold_id.uuid())
         .bind(sku.as_str())
@@ -134,15 +136,14 @@ impl Ledger {
         .bind(i32::try_from(q).unwrap_or(i32::MAX))
         .bind(key.as_str())
         .bind(fingerprint)
-        .bind(time_from_ms(now))
-        .bind(time_from_ms(expires_at_ms))
+        .bind(hold_ttl_ms)
         .bind(Uuid::new_v4())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(Admission::Held {
             hold_id,
-            expires_at_ms,
+            expires_at_ms: ms_from_time(expires_at),
         })
     }
 

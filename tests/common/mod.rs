@@ -200,6 +200,43 @@ impl TestApp {
         format!("{}:{{{sku}}}:{rest}", self.prefix)
     }
 
+    /// Redis's clock, unix ms: the one clock the gate decides by.
+    pub async fn redis_now_ms(&self) -> i64 {
+        self.app.gate.time_ms().await.expect("Redis TIME")
+    }
+
+    /// Places a live hold's expiry at `at_ms` by Redis's clock (the hold and
+    /// the SKU's expiry index), as if time had moved: the fixture for
+    /// anything that falls due, since no test can move Redis's clock. The
+    /// reaper's due hint stays as the admission left it.
+    pub async fn place_expiry(&self, sku: &str, hold_id: &str, at_ms: i64) {
+        let mut redis = self.redis().await;
+        let () = redis::pipe()
+            .hset(self.key(sku, &format!("h:{hold_id}")), "e", at_ms)
+            .ignore()
+            .zadd(self.key(sku, "expiry"), hold_id, at_ms)
+            .ignore()
+            .query_async(&mut redis)
+            .await
+            .expect("place the expiry");
+    }
+
+    /// Makes a live hold due now by Redis's clock, hint included: what the
+    /// hold's time passing looks like to every reader.
+    pub async fn make_due(&self, sku: &str, hold_id: &str) {
+        let now = self.redis_now_ms().await;
+        self.place_expiry(sku, hold_id, now - 1).await;
+        let mut redis = self.redis().await;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(format!("{}:due", self.prefix))
+            .arg("LT")
+            .arg(now - 1)
+            .arg(sku)
+            .query_async(&mut redis)
+            .await
+            .expect("hint the SKU due");
+    }
+
     /// Waits until the ledger has applied every event of `sku` (the worker
     /// runs in the background).
     pub async fn wait_for_ledger(&self, sku: &str) {

@@ -61,6 +61,18 @@ pub async fn start_replica_of(primary_port: u16) -> RedisServer {
     panic!("the replica did not sync with 127.0.0.1:{primary_port}");
 }
 
+/// libfaketime, where Debian, Ubuntu or a source build put it; `None` when
+/// it is not installed (`apt-get install faketime`).
+pub fn faketime_library() -> Option<&'static str> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())
+}
+
 /// The dropgate binary as a child process.
 pub struct Dropgate {
     pub addr: SocketAddr,
