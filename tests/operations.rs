@@ -6,7 +6,7 @@
 mod common;
 
 use common::process::{Dropgate, free_port};
-use common::{ADMIN, PG_BASE, STOREFRONT, body, spawn_app_with, test_config};
+use common::{STOREFRONT, body, spawn_app_with, test_config};
 use dropgate::reconciler::Reconciler;
 use dropgate::telemetry::metric;
 use dropgate::worker::Worker;
@@ -228,16 +228,8 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_nothing() {
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 100000})).await;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let env = vec![
-        ("DATABASE_URL", format!("{PG_BASE}/{}", app.database)),
-        ("REDIS_URL", app.redis_url.clone()),
-        ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
-        ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
-        ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
-        ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
-        ("DROPGATE_LISTEN", listen.to_string()),
-        ("DROPGATE_SHUTDOWN_DELAY_MS", "2500".to_owned()),
-    ];
+    let mut env = app.child_env(Some(listen));
+    env.push(("DROPGATE_SHUTDOWN_DELAY_MS", "2500".to_owned()));
     let mut server = Dropgate::spawn(&["serve"], &env, Some(listen));
     // A new connection per request: a pooled idle connection closed by the
     // shutdown would look like a reset that the server did not cause.
