@@ -42,7 +42,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dropgate::domain::{
     Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId, SkuSettings,
 };
-use dropgate::gate::{Admit, Fenced, Script, SetSku, SkuChange, StockChange};
+use dropgate::gate::{Admit, AdmitReply, Fenced, Script, SetSku, SkuChange, StockChange};
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     AsyncConnectionConfig, Client, ScriptInvocation, Value,
@@ -239,7 +239,10 @@ async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
     let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;
     Ok(matches!(
         request.decode(reply)?,
-        Fenced::Open(Admission::Held { .. })
+        Fenced::Open(AdmitReply {
+            admission: Admission::Held { .. },
+            ..
+        })
     ))
 }
 

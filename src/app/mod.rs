@@ -118,6 +118,13 @@ impl Dropgate {
             .unwrap_or_default()
     }
 
+    /// Lets the gate answer `sold_out` itself for a SKU it said has 0
+    /// available, for at most `max_age` (see `gate::SoldOutCache`).
+    pub fn with_sold_out_cache(mut self, max_age: std::time::Duration) -> Self {
+        self.gate = self.gate.with_sold_out_cache(max_age);
+        self
+    }
+
     pub fn with_admission(mut self, admission: AdmissionMode) -> Self {
         self.admission = admission;
         self

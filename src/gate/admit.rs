@@ -55,8 +55,17 @@ impl Admit {
     }
 }
 
+/// What admit.lua answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmitReply {
+    pub admission: Admission,
+    /// The SKU has 0 available (with `sold_out`): a gatekeeper may answer
+    /// the next admissions itself (see `sold_out`).
+    pub none_left: bool,
+}
+
 impl Script for Admit {
-    type Reply = Fenced<Admission>;
+    type Reply = Fenced<AdmitReply>;
 
     fn name(&self) -> &'static str {
         "admit"
@@ -86,7 +95,9 @@ impl Script for Admit {
 
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
         let reply = Fields::parse(self.name(), reply)?;
-        Ok(Fenced::Open(match reply.outcome()?.as_str() {
+        let outcome = reply.outcome()?;
+        let none_left = outcome == "sold_out" && reply.int("available")? <= 0;
+        let admission = match outcome.as_str() {
             "held" => Admission::Held {
                 hold_id: HoldId::parse(&reply.text("hold_id")?)
                     .ok_or_else(|| GateError::protocol("admit: bad hold_id"))?,
@@ -109,13 +120,20 @@ impl Script for Admit {
             "backlog" => Admission::Backlogged,
             "closed" => return Ok(Fenced::Closed),
             _ => return Err(reply.unexpected()),
+        };
+        Ok(Fenced::Open(AdmitReply {
+            admission,
+            none_left,
         }))
     }
 
     /// Only a new hold appends an event; it falls due at its expiry.
     fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
         match reply {
-            Fenced::Open(Admission::Held { expires_at_ms, .. }) => Some(Activity {
+            Fenced::Open(AdmitReply {
+                admission: Admission::Held { expires_at_ms, .. },
+                ..
+            }) => Some(Activity {
                 sku: &self.sku,
                 due_ms: Some(*expires_at_ms),
             }),

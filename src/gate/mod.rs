@@ -34,11 +34,12 @@ mod script;
 mod set_sku;
 mod settle;
 mod snapshot;
+mod sold_out;
 mod stream;
 mod trim;
 
 pub use activity::{Activity, ActivityCursor, PUBLISH_INTERVAL};
-pub use admit::Admit;
+pub use admit::{Admit, AdmitReply};
 pub use connection::{GateConnection, Trouble};
 pub use expire::{Expire, Expired};
 pub use extend::Extend;
@@ -49,6 +50,7 @@ pub use script::{Fenced, Script};
 pub use set_sku::{SetSku, SkuChange, StockChange};
 pub use settle::{Settle, Settlement, Transition};
 pub use snapshot::{Snapshot, TakeSnapshot};
+pub use sold_out::SoldOutCache;
 pub use stream::{Consumer, Deliveries, Delivery};
 pub use trim::{Trim, Trimmed};
 
@@ -130,6 +132,9 @@ pub struct Gate {
     /// What the scripts run here left for the background services, until
     /// published (see `activity`).
     activity: Arc<activity::ActivityLog>,
+    /// SKUs this gatekeeper knows sold out (see `sold_out`); off unless
+    /// [`with_sold_out_cache`](Gate::with_sold_out_cache).
+    sold_out: Arc<SoldOutCache>,
 }
 
 fn connection_config(timeout: Duration) -> ConnectionManagerConfig {
@@ -153,7 +158,16 @@ impl Gate {
             prefix: prefix.into(),
             sku_names: Arc::default(),
             activity: Arc::default(),
+            sold_out: Arc::default(),
         })
+    }
+
+    /// Answers `sold_out` for a SKU the gate said has 0 available, for at
+    /// most `max_age` (zero: never) or until its units come back; needs
+    /// [`follow_units_back_until`](Gate::follow_units_back_until) running.
+    pub fn with_sold_out_cache(mut self, max_age: Duration) -> Self {
+        self.sold_out = Arc::new(SoldOutCache::new(max_age));
+        self
     }
 
     fn keys(&self) -> Keys<'_> {
@@ -195,16 +209,43 @@ impl Gate {
 
     // ---- the scripts ----
 
+    /// Admits with the script, or answers `sold_out` (or the key's replay)
+    /// at the edge for a SKU known to have 0 available (see `sold_out`).
     pub async fn admit(&self, request: &Admit) -> Result<Fenced<Admission>, GateError> {
-        self.run(request).await
+        if let Some(answer) = self
+            .admit_at_edge(&request.sku, request.key.as_str(), &request.fingerprint)
+            .await?
+        {
+            return Ok(Fenced::Open(answer));
+        }
+        let generation = self.sold_out.generation();
+        Ok(match self.run(request).await? {
+            Fenced::Open(admitted) => {
+                if let (Admission::SoldOut { retry_after_ms }, true) =
+                    (&admitted.admission, admitted.none_left)
+                {
+                    self.sold_out
+                        .flag(&request.sku, *retry_after_ms, generation);
+                }
+                Fenced::Open(admitted.admission)
+            }
+            Fenced::Closed => Fenced::Closed,
+        })
     }
 
     pub async fn settle(&self, request: &Settle) -> Result<Fenced<Transition>, GateError> {
-        self.run(request).await
+        // A release brings units back; a confirm changes what Retry-After
+        // may promise. Either way this gatekeeper's flag goes.
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
+    /// Extends a hold (or expires it, when it is past due).
     pub async fn extend(&self, request: &Extend) -> Result<Fenced<Transition>, GateError> {
-        self.run(request).await
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
     /// Runs a client's hold operation (confirm, release or extend).
@@ -227,11 +268,15 @@ impl Gate {
     }
 
     pub async fn expire(&self, request: &Expire) -> Result<Fenced<Expired>, GateError> {
-        self.run(request).await
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
     pub async fn set_sku(&self, request: &SetSku) -> Result<Fenced<SkuChange>, GateError> {
-        self.run(request).await
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
     /// A SKU's counters and stream position, read atomically; `None` when
@@ -248,12 +293,15 @@ impl Gate {
         snapshot: &Snapshot,
         stock: Stock,
     ) -> Result<Fenced<bool>, GateError> {
-        self.run(&Repair {
-            sku: sku.clone(),
-            snapshot: *snapshot,
-            stock,
-        })
-        .await
+        let reply = self
+            .run(&Repair {
+                sku: sku.clone(),
+                snapshot: *snapshot,
+                stock,
+            })
+            .await;
+        self.sold_out.units_back(sku);
+        reply
     }
 
     /// Marks a hold the ledger refused as lost; returns its former state
@@ -263,11 +311,14 @@ impl Gate {
         sku: &SkuId,
         hold_id: HoldId,
     ) -> Result<Fenced<Option<HoldState>>, GateError> {
-        self.run(&Lose {
-            sku: sku.clone(),
-            hold_id,
-        })
-        .await
+        let reply = self
+            .run(&Lose {
+                sku: sku.clone(),
+                hold_id,
+            })
+            .await;
+        self.sold_out.units_back(sku);
+        reply
     }
 
     /// Drops acknowledged entries from a SKU's stream; says how many, and
