@@ -237,6 +237,14 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub sold_out_cache_ms: u64,
 
+    /// Admissions of one SKU decided in one script call at most: while a
+    /// call for the SKU is in flight, arrivals queue and go in the next
+    /// call together (no timer); 1 turns batching off.
+    #[arg(long, env = "DROPGATE_ADMIT_BATCH_MAX", value_name = "DROPGATE_ADMIT_BATCH_MAX",
+          default_value_t = crate::gate::DEFAULT_ADMIT_BATCH_MAX,
+          value_parser = parse_admit_batch_max)]
+    pub admit_batch_max: usize,
+
     /// While Redis is unreachable: `reject` admissions (503) or `fallback`
     /// to Postgres-direct admission.
     /// Kept only to refuse `fallback` loudly (see README, "Redis
@@ -342,6 +350,7 @@ impl Default for ServeConfig {
             global_rps: 0,
             admission: crate::app::AdmissionMode::Redis,
             sold_out_cache_ms: DEFAULT_SOLD_OUT_CACHE_MS,
+            admit_batch_max: crate::gate::DEFAULT_ADMIT_BATCH_MAX,
             redis_down: None,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
@@ -402,6 +411,15 @@ pub fn parse() -> Cli {
             }
             error.exit()
         }
+    }
+}
+
+/// 1..=1024: a batch's keys and arguments stay well inside what one script
+/// call can take.
+fn parse_admit_batch_max(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(format!("{value:?} is not a number from 1 to 1024")),
     }
 }
 

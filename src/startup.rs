@@ -47,6 +47,7 @@ impl Application {
                     .await?
                     .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
                     .with_sold_out_cache(Duration::from_millis(config.sold_out_cache_ms))
+                    .with_admit_batch_max(config.admit_batch_max)
                     .with_admission(config.admission);
                 if let Err(error) = crate::rebuild::ensure_gate(&app).await {
                     // Not fatal: the server answers 503 and the next request or the

@@ -125,6 +125,12 @@ impl Dropgate {
         self
     }
 
+    /// Admissions of one SKU per script call at most (see `gate::batcher`).
+    pub fn with_admit_batch_max(mut self, max: usize) -> Self {
+        self.gate = self.gate.with_admit_batch_max(max);
+        self
+    }
+
     pub fn with_admission(mut self, admission: AdmissionMode) -> Self {
         self.admission = admission;
         self

@@ -94,37 +94,7 @@ impl Script for Admit {
     }
 
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
-        let reply = Fields::parse(self.name(), reply)?;
-        let outcome = reply.outcome()?;
-        let none_left = outcome == "sold_out" && reply.int("available")? <= 0;
-        let admission = match outcome.as_str() {
-            "held" => Admission::Held {
-                hold_id: HoldId::parse(&reply.text("hold_id")?)
-                    .ok_or_else(|| GateError::protocol("admit: bad hold_id"))?,
-                expires_at_ms: reply.int("expires_at_ms")?,
-            },
-            "replay" => {
-                let record = reply.text("record")?;
-                let first = decode_outcome(&record).ok_or_else(|| {
-                    GateError::protocol(format!("bad idempotency record {record:?}"))
-                })?;
-                Admission::Replayed(Box::new(first))
-            }
-            "reused" => Admission::KeyReused,
-            "sold_out" => Admission::sold_out(reply.int("retry_after_ms")?),
-            "limit" => Admission::LimitExceeded {
-                limit: reply.int("limit")?,
-                already: reply.int("already")?,
-            },
-            "no_sku" => Admission::UnknownSku,
-            "backlog" => Admission::Backlogged,
-            "closed" => return Ok(Fenced::Closed),
-            _ => return Err(reply.unexpected()),
-        };
-        Ok(Fenced::Open(AdmitReply {
-            admission,
-            none_left,
-        }))
+        decode(Fields::parse(self.name(), reply)?)
     }
 
     /// Only a new hold appends an event; it falls due at its expiry.
@@ -140,4 +110,37 @@ impl Script for Admit {
             _ => None,
         }
     }
+}
+
+/// An admission's reply, as admit.lua and each of admit_batch.lua's give it.
+pub(super) fn decode(reply: Fields) -> Result<Fenced<AdmitReply>, GateError> {
+    let outcome = reply.outcome()?;
+    let none_left = outcome == "sold_out" && reply.int("available")? <= 0;
+    let admission = match outcome.as_str() {
+        "held" => Admission::Held {
+            hold_id: HoldId::parse(&reply.text("hold_id")?)
+                .ok_or_else(|| GateError::protocol("admit: bad hold_id"))?,
+            expires_at_ms: reply.int("expires_at_ms")?,
+        },
+        "replay" => {
+            let record = reply.text("record")?;
+            let first = decode_outcome(&record)
+                .ok_or_else(|| GateError::protocol(format!("bad idempotency record {record:?}")))?;
+            Admission::Replayed(Box::new(first))
+        }
+        "reused" => Admission::KeyReused,
+        "sold_out" => Admission::sold_out(reply.int("retry_after_ms")?),
+        "limit" => Admission::LimitExceeded {
+            limit: reply.int("limit")?,
+            already: reply.int("already")?,
+        },
+        "no_sku" => Admission::UnknownSku,
+        "backlog" => Admission::Backlogged,
+        "closed" => return Ok(Fenced::Closed),
+        _ => return Err(reply.unexpected()),
+    };
+    Ok(Fenced::Open(AdmitReply {
+        admission,
+        none_left,
+    }))
 }

@@ -22,6 +22,8 @@
 
 mod activity;
 mod admit;
+mod admit_batch;
+mod batcher;
 mod connection;
 mod expire;
 mod extend;
@@ -40,6 +42,8 @@ mod trim;
 
 pub use activity::{Activity, ActivityCursor, PUBLISH_INTERVAL};
 pub use admit::{Admit, AdmitReply};
+pub use admit_batch::AdmitBatch;
+pub use batcher::DEFAULT_ADMIT_BATCH_MAX;
 pub use connection::{GateConnection, Trouble};
 pub use expire::{Expire, Expired};
 pub use extend::Extend;
@@ -78,6 +82,16 @@ pub enum GateError {
     /// A rebuild was asked of a SKU that was not closed first.
     #[error("SKU {0} is open: close it before rebuilding it")]
     NotClosed(SkuId),
+    /// The batch call this admission was part of failed.
+    #[error("admission batch: {0}")]
+    Batch(Arc<GateError>),
+    /// The request whose call carried this admission was dropped mid-call:
+    /// whether it was decided is unknown.
+    #[error("the call carrying this admission was abandoned")]
+    Abandoned,
+    /// Too many admissions wait for one SKU.
+    #[error("too many admissions waiting for one SKU")]
+    Overloaded,
 }
 
 impl GateError {
@@ -94,6 +108,8 @@ impl GateError {
                     || e.is_connection_refusal()
                     || Trouble::of(e).is_some()
             }
+            Self::Batch(e) => e.is_unavailable(),
+            Self::Abandoned | Self::Overloaded => true,
             Self::Protocol(_) | Self::NotClosed(_) => false,
         }
     }
@@ -103,7 +119,8 @@ impl GateError {
     pub fn trouble(&self) -> Option<Trouble> {
         match self {
             Self::Redis(e) => Trouble::of(e),
-            Self::Protocol(_) | Self::NotClosed(_) => None,
+            Self::Batch(e) => e.trouble(),
+            Self::Protocol(_) | Self::NotClosed(_) | Self::Abandoned | Self::Overloaded => None,
         }
     }
 
@@ -135,6 +152,8 @@ pub struct Gate {
     /// SKUs this gatekeeper knows sold out (see `sold_out`); off unless
     /// [`with_sold_out_cache`](Gate::with_sold_out_cache).
     sold_out: Arc<SoldOutCache>,
+    /// Admissions queued per SKU behind the call in flight (see `batcher`).
+    batcher: Arc<batcher::Batcher>,
 }
 
 fn connection_config(timeout: Duration) -> ConnectionManagerConfig {
@@ -159,7 +178,15 @@ impl Gate {
             sku_names: Arc::default(),
             activity: Arc::default(),
             sold_out: Arc::default(),
+            batcher: Arc::default(),
         })
+    }
+
+    /// Admissions per script call at most (see `batcher`); 1 turns
+    /// batching off.
+    pub fn with_admit_batch_max(mut self, max: usize) -> Self {
+        self.batcher = Arc::new(batcher::Batcher::new(max));
+        self
     }
 
     /// Answers `sold_out` for a SKU the gate said has 0 available, for at
@@ -219,7 +246,7 @@ impl Gate {
             return Ok(Fenced::Open(answer));
         }
         let generation = self.sold_out.generation();
-        Ok(match self.run(request).await? {
+        Ok(match self.admit_batched(request).await? {
             Fenced::Open(admitted) => {
                 if let (Admission::SoldOut { retry_after_ms }, true) =
                     (&admitted.admission, admitted.none_left)
@@ -231,6 +258,15 @@ impl Gate {
             }
             Fenced::Closed => Fenced::Closed,
         })
+    }
+
+    /// Runs one batch of admissions as it is (see `batcher` for how
+    /// [`admit`](Gate::admit) forms them).
+    pub async fn admit_batch(
+        &self,
+        request: &AdmitBatch,
+    ) -> Result<Vec<Fenced<AdmitReply>>, GateError> {
+        self.run(request).await
     }
 
     pub async fn settle(&self, request: &Settle) -> Result<Fenced<Transition>, GateError> {
