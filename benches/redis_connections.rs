@@ -32,20 +32,20 @@ use std::{
     env,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
         Arc,
+        atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use dropgate::domain::{
-    Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId, SkuSettings,
+    Admission, CustomerId, HoldId, HoldIdKey, IdempotencyKey, Quantity, SkuId, SkuSettings,
 };
 use dropgate::gate::{Admit, AdmitReply, Fenced, Script, SetSku, SkuChange, StockChange};
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     AsyncConnectionConfig, Client, ScriptInvocation, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -220,20 +220,16 @@ async fn delete_matching(admin: &mut MultiplexedConnection, pattern: &str) -> Re
     }
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// One admission with fresh ids, built by the service's own request type.
 /// Returns whether the script answered `held`.
 async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
+    let one = Quantity::parse(1).map_err(|e| anyhow!("{e}"))?;
     let request = Admit::new(
         sku.id.clone(),
-        HoldId::new(SKU_NO, unix_ms(), *Uuid::new_v4().as_bytes()),
+        // The scripts read nothing in the id; `n` keeps it unique.
+        HoldId::issue(&HoldIdKey::new(b"bench"), n, SKU_NO, one),
         CustomerId::parse(&format!("c-{n}")).map_err(|e| anyhow!("{e}"))?,
-        Quantity::parse(1).map_err(|e| anyhow!("{e}"))?,
+        one,
         IdempotencyKey::parse(&Uuid::new_v4().simple().to_string()).map_err(|e| anyhow!("{e}"))?,
     );
     let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;

@@ -110,12 +110,12 @@ pub async fn audit(app: &Dropgate) -> Result<AuditReport, AppError> {
         // Compare at a fence; a SKU whose stream cannot be brought into the
         // ledger is a breach of its own, and the audit goes on.
         let snapshot = app.gate.snapshot(&sku.sku).await?;
-        if let Some(last) = snapshot.and_then(|s| s.last) {
-            if let Err(error) = app.flush(&sku.sku, Some(last)).await {
-                breaches.push(format!(
-                    "its events could not be brought into the ledger: {error}"
-                ));
-            }
+        if let Some(last) = snapshot.and_then(|s| s.last)
+            && let Err(error) = app.flush(&sku.sku, Some(last)).await
+        {
+            breaches.push(format!(
+                "its events could not be brought into the ledger: {error}"
+            ));
         }
         let Some(checks) = app.ledger.sku_checks(&sku.sku).await? else {
             continue;

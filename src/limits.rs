@@ -50,10 +50,6 @@ impl RateLimits {
             limiter.shrink_to_fit();
         }
     }
-
-    pub fn tracked_customers(&self) -> usize {
-        self.customer.as_ref().map_or(0, |l| l.len())
-    }
 }
 
 /// Whole seconds to wait, rounded up, at least 1 (Retry-After).

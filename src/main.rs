@@ -1,5 +1,5 @@
 use dropgate::config::{self, Command};
-use dropgate::startup::{shutdown_signal, Application};
+use dropgate::startup::{Application, shutdown_signal};
 use std::process::ExitCode;
 
 #[tokio::main]

@@ -6,7 +6,7 @@ use crate::app::{HoldOutcome, SkuOutcome};
 use crate::config::{
     DeadLettersCommand, DeadLettersConfig, HoldsCommand, HoldsConfig, SkusCommand, SkusConfig,
 };
-use crate::domain::{HoldId, SkuId, SkuSettings};
+use crate::domain::{SkuId, SkuSettings};
 use crate::http::{Hold, Sku};
 use crate::ledger::Resolution;
 use anyhow::{anyhow, bail};
@@ -78,8 +78,10 @@ pub async fn holds(config: HoldsConfig) -> anyhow::Result<()> {
     let app = crate::startup::connect(&config.stores).await?;
     match config.command {
         HoldsCommand::Show { hold_id } => {
-            let id = HoldId::parse(&hold_id)
-                .ok_or_else(|| anyhow!("{hold_id}: not a dropgate hold id"))?;
+            let id = uuid::Uuid::try_parse(&hold_id)
+                .ok()
+                .and_then(|uuid| app.hold_id(uuid))
+                .ok_or_else(|| anyhow!("{hold_id}: not a hold id this ledger issued"))?;
             match app.hold(id).await? {
                 HoldOutcome::Ok(hold) => {
                     println!("{}", serde_json::to_string_pretty(&Hold::from(hold))?);

@@ -32,8 +32,8 @@ pub async fn every<F, Fut, T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test(start_paused = true)]
     async fn steps_once_per_interval_past_a_failure_until_stopped() {

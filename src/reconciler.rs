@@ -372,7 +372,12 @@ impl Reconciler {
         if repaired {
             let reason = format!(
                 "gate had on_hand {} held {} sold {}; set to the ledger's on_hand {} held {} sold {}",
-                snapshot.on_hand, snapshot.held, snapshot.sold, ledger.figures.stock.on_hand, ledger.figures.stock.held, ledger.figures.stock.sold
+                snapshot.on_hand,
+                snapshot.held,
+                snapshot.sold,
+                ledger.figures.stock.on_hand,
+                ledger.figures.stock.held,
+                ledger.figures.stock.sold
             );
             self.app.ledger.record_reconcile(sku, &reason).await?;
             metrics::counter!(metric::RECONCILER_REPAIRS_TOTAL).increment(1);

@@ -8,7 +8,7 @@ use crate::http::{self, AppState, Tokens};
 use crate::ledger::{self, Ledger};
 use crate::limits::RateLimits;
 use crate::reaper::Reaper;
-use crate::telemetry::{metric, Metrics};
+use crate::telemetry::{Metrics, metric};
 use crate::worker::Worker;
 use anyhow::Context;
 use std::future::Future;
@@ -97,11 +97,6 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-
-    /// The operations listener's address, when there is one.
-    pub fn ops_addr(&self) -> Option<std::io::Result<SocketAddr>> {
-        self.ops_listener.as_ref().map(TcpListener::local_addr)
     }
 
     pub fn app(&self) -> &Dropgate {
@@ -322,7 +317,7 @@ pub async fn connect(stores: &crate::config::StoreConfig) -> anyhow::Result<Drop
         &stores.key_prefix,
         stores.store_timeout(),
     )?;
-    Ok(Dropgate::new(gate, ledger))
+    Ok(Dropgate::open(gate, ledger).await?)
 }
 
 /// `dropgate migrate`: creates the ledger's database if missing and applies

@@ -172,7 +172,7 @@ impl Metrics {
 
     /// Runs `future` with everything it records landing here. Tasks it
     /// spawns are not covered: scope them too.
-    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> + use<F> {
         CURRENT.scope(self.clone(), future)
     }
 

@@ -486,7 +486,7 @@ mod tests {
             event_id: uuid::Uuid::new_v4(),
             occurred_at_ms: 0,
             change: Change::Settle {
-                hold_id: HoldId::new(1, 0, [0; 16]),
+                hold_id: HoldId::from_uuid(uuid::Uuid::nil()),
                 to: HoldState::Released,
                 quantity: 1,
             },

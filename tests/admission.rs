@@ -194,9 +194,11 @@ async fn the_per_customer_limit_holds_under_concurrency() {
     assert_eq!(answers.iter().filter(|(s, _)| *s == 201).count(), 3);
     let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 409).collect();
     assert_eq!(refused.len(), 37);
-    assert!(refused
-        .iter()
-        .all(|(_, b)| b["code"] == "limit_exceeded" && b["per_customer_limit"] == 3));
+    assert!(
+        refused
+            .iter()
+            .all(|(_, b)| b["code"] == "limit_exceeded" && b["per_customer_limit"] == 3)
+    );
 
     // More than the customer may still take is limit_exceeded, not validation.
     assert_problem(
@@ -311,7 +313,9 @@ async fn the_global_limit_sheds_load() {
 
 #[tokio::test]
 async fn a_batch_entry_is_applied_once_even_when_delivered_again() {
-    use dropgate::domain::{CustomerId, HoldId, IdempotencyKey, Position, Quantity, SkuId};
+    use dropgate::domain::{
+        CustomerId, HoldId, HoldIdKey, IdempotencyKey, Position, Quantity, SkuId,
+    };
     use dropgate::gate::{Admit, AdmitBatch, Fenced, MAX_EVENT_BACKLOG};
     use std::collections::BTreeMap;
 
@@ -327,7 +331,12 @@ async fn a_batch_entry_is_applied_once_even_when_delivered_again() {
         .map(|i| {
             Admit::new(
                 sku.clone(),
-                HoldId::new(sku_no, 0, rand::random()),
+                HoldId::issue(
+                    &HoldIdKey::new(b"batch-test"),
+                    i,
+                    sku_no,
+                    Quantity::parse(1).unwrap(),
+                ),
                 CustomerId::parse(&format!("c-{i}")).unwrap(),
                 Quantity::parse(1).unwrap(),
                 IdempotencyKey::parse(&format!("k-{i}")).unwrap(),

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{spawn_app_with, test_config, TestApp, PG_BASE};
-use serde_json::{json, Value};
+use common::{PG_BASE, TestApp, spawn_app_with, test_config};
+use serde_json::{Value, json};
 use std::process::{Command, Output};
 
 fn dropgate(args: &[&str], env: &[(&str, &str)]) -> Output {

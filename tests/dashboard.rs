@@ -10,10 +10,10 @@
 
 mod common;
 
-use common::process::{start_redis, PgProxy};
-use common::{body, spawn_app, spawn_app_with, test_config, TestApp};
+use common::process::{PgProxy, start_redis};
+use common::{TestApp, body, spawn_app, spawn_app_with, test_config};
 use dropgate::telemetry::metric;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -29,13 +29,15 @@ async fn get_plain(app: &TestApp, path: &str) -> reqwest::Response {
 async fn dashboard(app: &TestApp) -> Value {
     let response = get_plain(app, "/v1/dashboard").await;
     assert_eq!(response.status(), 200);
-    assert!(response
-        .headers()
-        .get("content-type")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     body(response).await
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::process::start_redis;
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
+use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
 use dropgate::app::AdmissionMode;
 use dropgate::reaper::Reaper;
 use futures::future::join_all;

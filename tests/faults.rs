@@ -7,19 +7,19 @@
 
 mod common;
 
-use common::process::{start_redis, start_replica_of, Dropgate, PgProxy, RedisServer};
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp, ADMIN, STOREFRONT};
-use dropgate::domain::{Position, SkuId};
+use common::process::{Dropgate, PgProxy, RedisServer, start_redis, start_replica_of};
+use common::{STOREFRONT, TestApp, assert_problem, body, spawn_app_with, test_config};
+use dropgate::domain::{HoldId, HoldIdKey, Position, Quantity, SkuId};
 use dropgate::gate::CONSUMER_GROUP;
 use dropgate::reaper::{self, Reaper};
 use dropgate::worker::Worker;
 use futures::future::join_all;
-use redis::streams::StreamPendingReply;
 use redis::AsyncCommands;
+use redis::streams::StreamPendingReply;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 fn sku(name: &str) -> SkuId {
@@ -45,32 +45,6 @@ async fn assert_audit_passes(app: &TestApp) {
     assert!(report.ok(), "{}", report.table());
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let pool = app.pg().await;
-    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-    pool.close().await;
-    n
-}
-
-/// Env for a dropgate child process sharing `app`'s stores.
-fn child_env(app: &TestApp, listen: Option<std::net::SocketAddr>) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        (
-            "DATABASE_URL",
-            format!("{}/{}", common::PG_BASE, app.database),
-        ),
-        ("REDIS_URL", app.redis_url.clone()),
-        ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
-        ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
-        ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
-        ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
-    ];
-    if let Some(addr) = listen {
-        env.push(("DROPGATE_LISTEN", addr.to_string()));
-    }
-    env
-}
-
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     for _ in 0..400 {
         if done().await {
@@ -79,6 +53,29 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Ids shaped exactly like `issued` (same serial block, SKU and quantity)
+/// that this ledger never issued: one signed with another key, and
+/// `issued` with one bit of its tag flipped.
+fn forgeries(issued: &str) -> Vec<String> {
+    let id = HoldId::parse(issued).unwrap();
+    let quantity = Quantity::parse(id.quantity()).unwrap();
+    let other_key = HoldIdKey::new(b"another ledger's key");
+    vec![
+        HoldId::issue(&other_key, id.serial() + 1, id.sku_no(), quantity).to_string(),
+        uuid::Uuid::from_u128(id.uuid().as_u128() ^ 1).to_string(),
+    ]
+}
+
+/// Every hold endpoint answers 404 for each of `ids`.
+async fn assert_never_issued(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        assert_problem(app.get(&format!("/v1/holds/{id}")).await, 404, "not_found").await;
+        for action in ["confirm", "release", "extend"] {
+            assert_problem(app.hold_action(id, action).await, 404, "not_found").await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,10 +95,17 @@ async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() 
     for hold in &durable[..10] {
         assert_eq!(app.hold_action(hold, "confirm").await.status(), 200);
     }
+    // Lost holds of one and of two units: their ids say which.
     let mut lost = Vec::new();
     for i in 0..10 {
-        lost.push(admit_ok(&app, "drop", &format!("b{i}")).await);
+        let quantity = 1 + i % 2;
+        let response = app.admit("drop", &format!("b{i}"), "b", quantity).await;
+        assert_eq!(response.status(), 201);
+        let hold = body(response).await["hold_id"].as_str().unwrap().to_owned();
+        lost.push((hold, quantity));
     }
+    let forged = forgeries(&lost[0].0);
+    assert_never_issued(&app, &forged).await;
 
     redis.kill();
     redis.restart().await.expect("redis-server restarts");
@@ -151,13 +155,23 @@ async fn redis_restarted_empty_is_rebuilt_from_the_ledger_without_overselling() 
             "live holds survive the rebuild"
         );
     }
-    for hold in &lost {
+    for (hold, quantity) in &lost {
+        let shown = body(app.get(&format!("/v1/holds/{hold}")).await).await;
         assert_eq!(
-            body(app.get(&format!("/v1/holds/{hold}")).await).await["state"],
-            "lost"
+            (
+                shown["state"].as_str(),
+                shown["quantity"].as_i64(),
+                shown["sku"].as_str(),
+                shown["durable"].as_bool()
+            ),
+            (Some("lost"), Some(*quantity), Some("drop"), Some(false)),
+            "{shown}"
         );
+        // No store kept the customer, and none is made up.
+        assert!(shown.get("customer_id").is_none(), "{shown}");
         assert_problem(app.hold_action(hold, "confirm").await, 409, "hold_lost").await;
     }
+    assert_never_issued(&app, &forged).await;
     // Idempotency records of durable holds were rebuilt too.
     let replay = app.admit("drop", "a15", "a15", 1).await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
@@ -205,7 +219,7 @@ async fn injected_drift_is_found_repaired_and_audited() {
         (0, 5, 0, true)
     );
     assert_eq!(app.sku("drop").await["available"], 16);
-    assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind = 'reconcile' AND reason LIKE 'gate had on_hand 20 held 9%'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM movements WHERE kind = 'reconcile' AND reason LIKE 'gate had on_hand 20 held 9%'").await, 1);
     assert!(
         reconciler.run_once().await.unwrap().drift.is_empty(),
         "repaired once, stays repaired"
@@ -298,7 +312,7 @@ async fn events_delivered_twice_change_nothing() {
     }
     assert!(app.ledger_caught_up("drop").await);
     assert_eq!(app.ledger_counts("drop").await, before);
-    assert_eq!(count(&app, "SELECT count(*) FROM movements").await, 9);
+    assert_eq!(app.count("SELECT count(*) FROM movements").await, 9);
     app.stop().await;
 }
 
@@ -331,7 +345,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
         .execute(&mut *row_lock)
         .await
         .unwrap();
-    let worker = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
+    let worker = Dropgate::spawn(&["worker"], &app.child_env(None), None);
     wait_for(
         "the worker to read the batch and wait in its commit",
         async || {
@@ -347,7 +361,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     )
     .await;
     let admits = "SELECT count(*) FROM movements WHERE kind = 'admit'";
-    assert_eq!(count(&app, admits).await, 0, "nothing of the batch applied");
+    assert_eq!(app.count(admits).await, 0, "nothing of the batch applied");
 
     worker.kill();
     row_lock.rollback().await.unwrap();
@@ -358,7 +372,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
         "the whole batch is still pending, for the dead worker"
     );
     assert_eq!(
-        count(&app, admits).await,
+        app.count(admits).await,
         0,
         "the dead worker's commit never happened"
     );
@@ -380,8 +394,8 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     assert_eq!(pending(&mut redis, &stream).await, (0, 0));
     let again = second.run_once().await.unwrap();
     assert_eq!((again.applied, again.skipped), (0, 0));
-    assert_eq!(count(&app, admits).await, 1500);
-    assert_eq!(count(&app, "SELECT count(*) FROM holds").await, 1500);
+    assert_eq!(app.count(admits).await, 1500);
+    assert_eq!(app.count("SELECT count(*) FROM holds").await, 1500);
     assert_eq!(app.ledger_counts("drop").await, (5000, 1500, 0));
     pool.close().await;
     assert_audit_passes(&app).await;
@@ -405,7 +419,7 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 3000})).await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
-    let server = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+    let server = Dropgate::spawn(&["serve"], &app.child_env(Some(listen)), Some(listen));
 
     let url = format!("http://{listen}/v1/skus/drop/holds");
     let held = Arc::new(AtomicU64::new(0));
@@ -497,7 +511,8 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     assert!(gate_held >= ids.len() as i64, "{gate_held}");
     assert_eq!(app.ledger_counts("drop").await, (3000, gate_held, 0));
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'admit'")
+            .await,
         gate_held,
         "each hold applied once"
     );
@@ -525,14 +540,14 @@ async fn admission_goes_on_while_postgres_is_away_and_the_ledger_catches_up() {
     let problem = assert_problem(confirm, 503, "unavailable").await;
     assert_eq!(problem["detail"], "postgres is unavailable");
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds").await,
+        app.count("SELECT count(*) FROM holds").await,
         0,
         "nothing reached the ledger"
     );
 
     proxy.restore().await;
     wait_for("the ledger to catch up", async || {
-        count(&app, "SELECT count(*) FROM holds").await == 50
+        app.count("SELECT count(*) FROM holds").await == 50
     })
     .await;
     let (status, confirmed) = {
@@ -556,7 +571,7 @@ async fn confirm_release_and_expiry_race_across_processes() {
     app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 60000}))
         .await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
-    let other = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+    let other = Dropgate::spawn(&["serve"], &app.child_env(Some(listen)), Some(listen));
 
     let admitted: Vec<serde_json::Value> = join_all((0..n).map(|i| {
         let app = &app;
@@ -621,7 +636,7 @@ async fn confirm_release_and_expiry_race_across_processes() {
     );
     app.wait_for_ledger("drop").await;
     assert_eq!(app.ledger_counts("drop").await, (n, 0, confirmed));
-    assert_eq!(count(&app, "SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire') AND held_delta <> 0").await, n);
+    assert_eq!(app.count("SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire') AND held_delta <> 0").await, n);
     drop(other);
     assert_audit_passes(&app).await;
     app.stop().await;
@@ -661,7 +676,8 @@ async fn the_ledger_refuses_an_oversell_and_the_hold_is_lost() {
         "the gate dropped the lost hold"
     );
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'lost'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'lost'")
+            .await,
         1
     );
 
@@ -788,7 +804,8 @@ async fn acknowledged_events_are_trimmed_from_the_stream() {
     })
     .await;
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'admit'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'admit'")
+            .await,
         30
     );
     app.stop().await;

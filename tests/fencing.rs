@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app, TestApp};
+use common::{TestApp, assert_problem, body, spawn_app};
 use dropgate::domain::{HoldId, HoldState, SkuId};
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Clients admitting at once, each one request after the other.
 const CLIENTS: usize = 8;

@@ -5,12 +5,12 @@
 mod common;
 
 use common::{
-    assert_problem, body, expires_at_ms, spawn_app, spawn_app_with, test_config, TestApp,
+    TestApp, assert_problem, body, expires_at_ms, spawn_app, spawn_app_with, test_config,
 };
 use dropgate::reaper::{self, Reaper};
 use dropgate::telemetry::metric;
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn admit_one(app: &TestApp, sku: &str, key: &str) -> String {
@@ -31,13 +31,6 @@ async fn action(app: &TestApp, hold: &str, what: &str) -> (u16, Value) {
     (response.status().as_u16(), body(response).await)
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let pool = app.pg().await;
-    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-    pool.close().await;
-    n
-}
-
 #[tokio::test]
 async fn confirm_is_durable_idempotent_and_final() {
     let app = spawn_app().await;
@@ -52,7 +45,8 @@ async fn confirm_is_durable_idempotent_and_final() {
     );
     // Durable means the ledger has it now, not eventually.
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds WHERE state = 'confirmed'").await,
+        app.count("SELECT count(*) FROM holds WHERE state = 'confirmed'")
+            .await,
         1
     );
     assert_eq!(app.ledger_counts("drop").await, (5, 0, 1));
@@ -87,11 +81,8 @@ async fn confirm_is_durable_idempotent_and_final() {
         (Some(1), Some(0), Some(4))
     );
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM movements WHERE kind = 'confirm'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'confirm'")
+            .await,
         1
     );
     app.stop().await;
@@ -128,11 +119,8 @@ async fn release_returns_units_at_once_and_is_idempotent() {
     app.wait_for_ledger("drop").await;
     assert_eq!(app.ledger_counts("drop").await, (1, 0, 0));
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM movements WHERE kind = 'release'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'release'")
+            .await,
         1
     );
     // The freed unit can be held again.
@@ -167,7 +155,7 @@ async fn extend_moves_expiry_at_most_max_extensions_times() {
     )
     .await;
     app.wait_for_ledger("drop").await;
-    assert_eq!(count(&app, "SELECT extensions::int8 FROM holds").await, 1);
+    assert_eq!(app.count("SELECT extensions::int8 FROM holds").await, 1);
     app.stop().await;
 }
 
@@ -220,11 +208,13 @@ async fn abandoned_holds_expire_at_their_expiry_and_return_units_once() {
     app.wait_for_ledger("drop").await;
     assert_eq!(app.ledger_counts("drop").await, (3, 0, 0));
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'expire'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'expire'")
+            .await,
         2
     );
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds WHERE state = 'expired'").await,
+        app.count("SELECT count(*) FROM holds WHERE state = 'expired'")
+            .await,
         2
     );
     app.stop().await;
@@ -348,14 +338,13 @@ async fn confirm_release_and_expiry_race_with_exactly_one_winner_per_hold() {
 
     app.wait_for_ledger("drop").await;
     assert_eq!(app.ledger_counts("drop").await, (n, 0, confirmed));
-    let settled = count(
-        &app,
-        "SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire')",
-    )
-    .await;
+    let settled = app
+        .count("SELECT count(*) FROM movements WHERE kind IN ('confirm','release','expire')")
+        .await;
     assert_eq!(settled, n, "one settling movement per hold");
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements WHERE kind = 'expire'").await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'expire'")
+            .await,
         expired
     );
     app.stop().await;

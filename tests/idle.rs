@@ -10,7 +10,7 @@
 mod common;
 
 use common::process::start_redis;
-use common::{body, spawn_app_with, test_config, TestApp};
+use common::{TestApp, body, spawn_app_with, test_config};
 use dropgate::app::Dropgate;
 use dropgate::domain::{CustomerId, IdempotencyKey, Quantity, SkuId, SkuSettings};
 use dropgate::reaper::{self, Reaper};
@@ -111,13 +111,6 @@ async fn drain(worker: &mut Worker, app: &TestApp, skus: &[String]) -> u64 {
         }
     }
     panic!("the worker did not drain the streams");
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let pool = app.pg().await;
-    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-    pool.close().await;
-    n
 }
 
 async fn admit(app: &TestApp, sku: &str, customer: &str) -> serde_json::Value {
@@ -273,21 +266,24 @@ async fn idle_skus_cost_a_bounded_number_of_commands_and_activity_is_handled_as_
         assert_eq!(app.sku(name).await["available"], 9);
     }
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds WHERE state = 'expired'").await,
+        app.count("SELECT count(*) FROM holds WHERE state = 'expired'")
+            .await,
         3
     );
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds WHERE state = 'confirmed'").await,
+        app.count("SELECT count(*) FROM holds WHERE state = 'confirmed'")
+            .await,
         3
     );
     assert_eq!(
-        count(&app, "SELECT count(*) FROM holds WHERE state = 'released'").await,
+        app.count("SELECT count(*) FROM holds WHERE state = 'released'")
+            .await,
         3
     );
     // 2,000 creations, and per active SKU 3 admits, a confirm, a release
     // and an expiry.
     assert_eq!(
-        count(&app, "SELECT count(*) FROM movements").await,
+        app.count("SELECT count(*) FROM movements").await,
         2000 + 3 * 6
     );
 
@@ -306,11 +302,8 @@ async fn idle_skus_cost_a_bounded_number_of_commands_and_activity_is_handled_as_
     );
     assert_eq!(app.sku("idle-0500").await["held"], 0);
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM movements WHERE kind = 'reconcile'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM movements WHERE kind = 'reconcile'")
+            .await,
         1
     );
     let again = reconciler.run_once().await.unwrap();

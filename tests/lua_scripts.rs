@@ -7,16 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dropgate::domain::{
-    Admission, AdmittedKey, CustomerId, HoldId, HoldState, IdempotencyKey, LiveHold, Position,
-    Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot, Stock, IDEMPOTENCY_TTL_MS,
+    Admission, AdmittedKey, CustomerId, HoldId, HoldIdKey, HoldState, IDEMPOTENCY_TTL_MS,
+    IdempotencyKey, LiveHold, Position, Quantity, SkuFigures, SkuId, SkuSettings, SkuSnapshot,
+    Stock,
 };
 use dropgate::gate::{
-    Admit, AdmitBatch, AdmitReply, Expire, Expired, Extend, Fenced, Gate, GateError, GateHold,
-    SetSku, Settle, Settlement, SkuChange, StockChange, Transition, CONSUMER_GROUP,
+    Admit, AdmitBatch, AdmitReply, CONSUMER_GROUP, Expire, Expired, Extend, Fenced, Gate,
+    GateError, GateHold, SetSku, Settle, Settlement, SkuChange, StockChange, Transition,
 };
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamInfoGroupsReply;
-use redis::AsyncCommands;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -33,7 +34,7 @@ const NO_BACKLOG_LIMIT: i64 = 1_000_000;
 
 /// `fields! {"t" => "admit", "q" => 1}`: a hash or stream entry as text.
 macro_rules! fields {
-    ($($k:literal => $v:expr),* $(,)?) => {
+    ($($k:literal => $v:expr_2021),* $(,)?) => {
         BTreeMap::from([$(($k.to_owned(), $v.to_string())),*])
     };
 }
@@ -44,8 +45,12 @@ fn fresh_id() -> String {
     Uuid::new_v4().to_string()
 }
 
-fn hold_id(created_ms: i64) -> HoldId {
-    HoldId::new(SKU_NO, created_ms, *Uuid::new_v4().as_bytes())
+/// A fresh hold id of SKU `SKU_NO` (the scripts read nothing in it).
+fn hold_id() -> HoldId {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let one = Quantity::parse(1).unwrap();
+    HoldId::issue(&HoldIdKey::new(b"scripts"), serial, SKU_NO, one)
 }
 
 fn customer(id: &str) -> CustomerId {
@@ -270,7 +275,7 @@ impl Lab {
             backlog_limit: NO_BACKLOG_LIMIT,
             ..Admit::new(
                 self.sku.clone(),
-                hold_id(self.t0),
+                hold_id(),
                 customer(customer_id),
                 Quantity::parse(qty).unwrap(),
                 key(idempotency_key),
@@ -730,18 +735,18 @@ async fn admit_fingerprints_the_customer_and_quantity_by_default() {
     lab.create(SETTINGS).await;
     let request = Admit::new(
         lab.sku.clone(),
-        hold_id(lab.t0),
+        hold_id(),
         customer("alice"),
         Quantity::parse(1).unwrap(),
         key("key-1"),
     );
     let same = Admit {
-        hold_id: hold_id(lab.t0),
+        hold_id: hold_id(),
         ..request.clone()
     };
     let other = Admit::new(
         lab.sku.clone(),
-        hold_id(lab.t0),
+        hold_id(),
         customer("alice"),
         Quantity::parse(2).unwrap(),
         key("key-1"),
@@ -1271,7 +1276,7 @@ async fn transitions_of_an_unknown_hold_answer_no_hold() {
     let mut lab = Lab::new().await;
     lab.create(SETTINGS).await;
     let before = lab.snapshot().await;
-    let hold = hold_id(lab.t0);
+    let hold = hold_id();
 
     for op in [Op::Confirm, Op::Release, Op::Extend] {
         let (reply, _) = lab.transition(op, hold).await;
@@ -1575,11 +1580,7 @@ async fn lose_takes_the_units_out_with_the_settle_step_once_and_appends_nothing(
         lose(released.hold).await,
         Fenced::Open(Some(HoldState::Released))
     );
-    assert_eq!(
-        lose(hold_id(lab.t0)).await,
-        Fenced::Open(None),
-        "unknown hold"
-    );
+    assert_eq!(lose(hold_id()).await, Fenced::Open(None), "unknown hold");
 
     assert_eq!(lab.counters().await, [10, 0, 0], "held and sold units out");
     for customer in ["c:alice", "c:bob", "c:carol"] {
@@ -1790,7 +1791,7 @@ async fn rebuild_writes_a_closed_sku_as_the_ledger_has_it_and_opens_it() {
     lab.gate.close_sku(&lab.sku).await.unwrap();
 
     let epoch = EPOCH + 1;
-    let (alice, bob) = (hold_id(now), hold_id(now - 1_000));
+    let (alice, bob) = (hold_id(), hold_id());
     let snapshot = SkuSnapshot {
         sku: lab.sku.clone(),
         sku_no: SKU_NO,

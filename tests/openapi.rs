@@ -208,9 +208,11 @@ async fn tokens_headers_and_bodies_are_documented() {
     let created = &admit["responses"]["201"];
     assert_eq!(created["headers"]["Location"]["required"], true);
     assert!(created["headers"].get("Idempotent-Replayed").is_some());
-    assert!(admit["responses"]["409"]["headers"]
-        .get("Retry-After")
-        .is_some());
+    assert!(
+        admit["responses"]["409"]["headers"]
+            .get("Retry-After")
+            .is_some()
+    );
     assert_eq!(
         admit["responses"]["429"]["headers"]["Retry-After"]["required"],
         true
@@ -267,11 +269,15 @@ async fn tokens_headers_and_bodies_are_documented() {
     }
 
     let metrics = operation(&doc, "get", "/metrics");
-    assert!(metrics["responses"]["200"]["content"]
-        .get("text/plain")
-        .is_some());
+    assert!(
+        metrics["responses"]["200"]["content"]
+            .get("text/plain")
+            .is_some()
+    );
     let page = operation(&doc, "get", "/");
-    assert!(page["responses"]["200"]["content"]
-        .get("text/html")
-        .is_some());
+    assert!(
+        page["responses"]["200"]["content"]
+            .get("text/html")
+            .is_some()
+    );
 }

@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::process::{free_port, Dropgate};
-use common::{body, spawn_app_with, test_config, ADMIN, PG_BASE, STOREFRONT};
+use common::process::{Dropgate, free_port};
+use common::{STOREFRONT, body, spawn_app_with, test_config};
 use dropgate::reconciler::Reconciler;
 use dropgate::telemetry::metric;
 use dropgate::worker::Worker;
@@ -16,8 +16,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The value of one sample line of the Prometheus text, e.g.
@@ -165,10 +165,12 @@ async fn metrics_tell_what_the_drop_is_doing() {
 
     // The same figures in the Prometheus text.
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = response.text().await.unwrap();
     for (series, value) in [
         (r#"dropgate_admissions_total{outcome="held"}"#, 2.0),
@@ -230,16 +232,8 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_nothing() {
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 100000})).await;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let env = vec![
-        ("DATABASE_URL", format!("{PG_BASE}/{}", app.database)),
-        ("REDIS_URL", app.redis_url.clone()),
-        ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
-        ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
-        ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
-        ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
-        ("DROPGATE_LISTEN", listen.to_string()),
-        ("DROPGATE_SHUTDOWN_DELAY_MS", "2500".to_owned()),
-    ];
+    let mut env = app.child_env(Some(listen));
+    env.push(("DROPGATE_SHUTDOWN_DELAY_MS", "2500".to_owned()));
     let mut server = Dropgate::spawn(&["serve"], &env, Some(listen));
     // A new connection per request: a pooled idle connection closed by the
     // shutdown would look like a reset that the server did not cause.
@@ -283,11 +277,13 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_loses_nothing() {
         .await
         .expect("the server answers under load");
     let pid = server.pid().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exit = server.wait_for_exit(Duration::from_secs(20));
     assert_eq!(exit, Some(0), "exits 0 after draining");
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::process::PgProxy;
-use common::{assert_problem, body, spawn_app, spawn_app_with, test_config, ADMIN};
+use common::{ADMIN, assert_problem, body, spawn_app, spawn_app_with, test_config};
 use dropgate::ledger::Resolution;
 use serde_json::json;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app, TestApp, ADMIN};
-use serde_json::{json, Value};
+use common::{ADMIN, TestApp, assert_problem, body, spawn_app};
+use serde_json::{Value, json};
 
 async fn adjust(app: &TestApp, sku: &str, delta: i64, reason: &str) -> reqwest::Response {
     app.client

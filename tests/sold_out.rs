@@ -9,7 +9,7 @@
 mod common;
 
 use common::process::start_redis;
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
+use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
 use dropgate::app::Dropgate;
 use dropgate::domain::{Admission, CustomerId, IdempotencyKey, Quantity, SkuId};
 use dropgate::telemetry::metric;

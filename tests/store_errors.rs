@@ -8,84 +8,25 @@
 
 mod common;
 
-use common::{assert_problem, body, spawn_app_with, test_config, TestApp};
-use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use common::process::RedisServer;
+use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
+use futures::future::join_all;
+use serde_json::{Value, json};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 const SKU: &str = "drop";
 
-/// A redis-server of this test's own, with its data directory in /tmp.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(extra: &[&str]) -> Self {
-        let port = common::process::free_port();
-        let dir = std::env::temp_dir().join(format!("dropgate-redis-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            port,
-            dir,
-            child: None,
-        };
-        server.spawn(extra);
-        server
+/// One command on a connection of its own.
+fn cmd(server: &RedisServer, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut conn = redis::Client::open(server.url())?.get_connection()?;
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
     }
-
-    fn spawn(&mut self, extra: &[&str]) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let started = Instant::now();
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// One command on a connection of its own.
-    fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let mut conn = redis::Client::open(self.url())?.get_connection()?;
-        let mut command = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query(&mut conn)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    command.query(&mut conn)
 }
 
 /// A TCP proxy whose target can move, as a DNS name or a virtual IP moves
@@ -191,12 +132,14 @@ async fn held_everywhere(app: &TestApp) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
-    let redis = PrivateRedis::start(&["--maxmemory-policy", "noeviction"]);
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"])
+        .await
+        .expect("redis-server starts");
     let app = app_on(redis.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     let oom_before = redis_errors(&app, "oom").await;
 
-    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    cmd(&redis, &["CONFIG", "SET", "maxmemory", "1"]).unwrap();
     let refused = ["oom-1", "oom-2", "oom-3"];
     for key in refused {
         assert_unavailable(app.admit(SKU, key, key, 1).await).await;
@@ -206,13 +149,15 @@ async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
     let (status, ready) = readyz(&app).await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["redis"], "out of memory");
-    assert!(ready["missing"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("redis (out of memory)")));
+    assert!(
+        ready["missing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("redis (out of memory)"))
+    );
     assert!(redis_errors(&app, "oom").await >= oom_before + 3);
 
-    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+    cmd(&redis, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
     wait_until_ready(&app, Duration::from_secs(10)).await;
     // The refused admissions stored nothing: their keys are decided afresh.
     for key in refused {
@@ -226,26 +171,33 @@ async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_primary_answers_503_and_a_failover_is_followed() {
-    let primary = PrivateRedis::start(&[]);
-    let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
-    let proxy = MovableProxy::start(primary.port).await;
+    let primary = RedisServer::start_with(&[])
+        .await
+        .expect("redis-server starts");
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()])
+            .await
+            .expect("redis-server starts");
+    let proxy = MovableProxy::start(primary.port()).await;
     let app = app_on(proxy.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     // Everything written so far is on the replica.
     let started = Instant::now();
-    while primary.cmd(&["WAIT", "1", "1000"]).unwrap() != redis::Value::Int(1) {
+    while cmd(&primary, &["WAIT", "1", "1000"]).unwrap() != redis::Value::Int(1) {
         assert!(started.elapsed() < Duration::from_secs(20), "replica sync");
     }
 
     // Failover: the replica is promoted, the old primary demoted under it.
-    replica.cmd(&["REPLICAOF", "NO", "ONE"]).unwrap();
-    primary
-        .cmd(&["REPLICAOF", "127.0.0.1", &replica.port.to_string()])
-        .unwrap();
+    cmd(&replica, &["REPLICAOF", "NO", "ONE"]).unwrap();
+    cmd(
+        &primary,
+        &["REPLICAOF", "127.0.0.1", &replica.port().to_string()],
+    )
+    .unwrap();
     // Once synced it answers READONLY to writes (LOADING while it syncs).
     let started = Instant::now();
     while !matches!(
-        primary.cmd(&["INFO", "replication"]),
+        cmd(&primary, &["INFO", "replication"]),
         Ok(redis::Value::BulkString(info)) if String::from_utf8_lossy(&info).contains("master_link_status:up")
     ) {
         assert!(started.elapsed() < Duration::from_secs(20), "demoted sync");
@@ -263,7 +215,7 @@ async fn a_demoted_primary_answers_503_and_a_failover_is_followed() {
     // The address now leads to the new primary. The connection opened after
     // the last READONLY still goes to the old one; one more READONLY at most
     // moves it.
-    proxy.point_to(replica.port);
+    proxy.point_to(replica.port());
     let mut statuses = Vec::new();
     for attempt in 0..3 {
         let status = admit_status(&app, &format!("after-{attempt}")).await;
@@ -283,26 +235,32 @@ async fn a_demoted_primary_answers_503_and_a_failover_is_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_loading_its_dataset_answers_503_and_readyz_follows() {
-    let mut redis = PrivateRedis::start(&[]);
+    let mut redis = RedisServer::start_with(&[])
+        .await
+        .expect("redis-server starts");
     let app = app_on(redis.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     app.wait_for_ledger(SKU).await;
     // Enough data, loaded slowly enough, for a window of several seconds.
-    redis
-        .cmd(&[
+    cmd(
+        &redis,
+        &[
             "EVAL",
             "for i = 1, 20000 do redis.call('SET', 'filler:' .. i, i) end return 1",
             "0",
+        ],
+    )
+    .unwrap();
+    cmd(&redis, &["SAVE"]).unwrap();
+    redis
+        .reload_with(&[
+            "--key-load-delay",
+            "500",
+            "--loading-process-events-interval-bytes",
+            "1024",
         ])
-        .unwrap();
-    redis.cmd(&["SAVE"]).unwrap();
-    redis.stop();
-    redis.spawn(&[
-        "--key-load-delay",
-        "500",
-        "--loading-process-events-interval-bytes",
-        "1024",
-    ]);
+        .await
+        .expect("redis-server reloads");
     let loading_before = redis_errors(&app, "loading").await;
 
     assert_unavailable(app.admit(SKU, "loading-1", "loading-1", 1).await).await;
@@ -319,7 +277,9 @@ async fn a_redis_loading_its_dataset_answers_503_and_readyz_follows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
-    let redis = PrivateRedis::start(&["--busy-reply-threshold", "100"]);
+    let redis = RedisServer::start_with(&["--busy-reply-threshold", "100"])
+        .await
+        .expect("redis-server starts");
     let app = app_on(redis.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     app.wait_for_ledger(SKU).await;
@@ -334,7 +294,7 @@ async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
             .query(&mut conn);
     });
     let started = Instant::now();
-    while !matches!(redis.cmd(&["PING"]), Err(e) if e.code() == Some("BUSY")) {
+    while !matches!(cmd(&redis, &["PING"]), Err(e) if e.code() == Some("BUSY")) {
         assert!(started.elapsed() < Duration::from_secs(10), "never busy");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -345,7 +305,7 @@ async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
     assert_eq!(ready["redis"], "busy running a script");
     assert!(redis_errors(&app, "busy").await >= 1);
 
-    redis.cmd(&["SCRIPT", "KILL"]).unwrap();
+    cmd(&redis, &["SCRIPT", "KILL"]).unwrap();
     runaway.join().unwrap();
     wait_until_ready(&app, Duration::from_secs(10)).await;
     assert_eq!(admit_status(&app, "busy-1").await, 201);
@@ -522,5 +482,74 @@ async fn a_stalled_worker_loses_its_row_lock_and_confirms_answer_within_the_stor
     assert_eq!(movements, 3, "creation, admission, confirmation: once each");
     pool.close().await;
     worker.kill();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_queued_behind_a_stalled_lock_answer_503_within_one_store_timeout_and_a_retry_confirms_once()
+ {
+    const STORE_TIMEOUT_MS: u64 = 1500;
+    let mut config = test_config();
+    config.stores.store_timeout_ms = STORE_TIMEOUT_MS;
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku(SKU, json!({"on_hand": 10})).await;
+    let mut holds = Vec::new();
+    for i in 0..3 {
+        let response = app.admit(SKU, &format!("k{i}"), &format!("c{i}"), 1).await;
+        assert_eq!(response.status(), 201);
+        holds.push(body(response).await["hold_id"].as_str().unwrap().to_owned());
+    }
+
+    // A stalled session holds the SKU's row lock, as a stopped worker's
+    // would, for as long as this test keeps it.
+    let pool = app.pg().await;
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM skus WHERE sku = $1 FOR UPDATE")
+        .bind(SKU)
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+
+    // Three confirms at once: they queue on the SKU's flush, and each waits
+    // for the row lock. Each answers 503 within its one budget, not one
+    // budget per queued flush before it.
+    let answers = join_all(holds.iter().map(|hold| {
+        let app = &app;
+        async move {
+            let asked = Instant::now();
+            let response = app.hold_action(hold, "confirm").await;
+            (asked.elapsed(), response)
+        }
+    }))
+    .await;
+    for (answered_in, response) in answers {
+        assert!(
+            answered_in < Duration::from_millis(2 * STORE_TIMEOUT_MS),
+            "confirm took {answered_in:?}"
+        );
+        assert_unavailable(response).await;
+    }
+
+    // Once the stalled session lets go, a retry confirms each hold, and
+    // the ledger has each confirmation once.
+    stalled.rollback().await.unwrap();
+    for hold in &holds {
+        let confirm = app.hold_action(hold, "confirm").await;
+        assert_eq!(confirm.status(), 200);
+        let confirmed = body(confirm).await;
+        assert_eq!(
+            (confirmed["state"].as_str(), confirmed["durable"].as_bool()),
+            (Some("confirmed"), Some(true))
+        );
+    }
+    assert_eq!(app.ledger_counts(SKU).await, (10, 0, 3));
+    let confirmations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM movements WHERE kind = 'confirm'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(confirmations, 3, "each confirmation once");
+    pool.close().await;
     app.stop().await;
 }

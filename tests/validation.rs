@@ -6,10 +6,11 @@
 
 mod common;
 
-use common::{spawn_app, TestApp, ADMIN, STOREFRONT};
-use reqwest::header::HeaderMap;
+use common::{ADMIN, STOREFRONT, TestApp, spawn_app};
+use dropgate::domain::{HoldId, HoldIdKey, Quantity};
 use reqwest::Method;
-use serde_json::{json, Value};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
 
 /// The SKU every test creates, with `ON_HAND` units.
 const SKU: &str = "drop";
@@ -29,8 +30,6 @@ const LEAKS: &[&str] = &[
 ];
 /// A well-formed UUID (version 4) that dropgate never issues.
 const V4_HOLD: &str = "4b0c6f5e-2d4a-4c1b-9f3e-8a7d6c5b4a39";
-/// 2024-12-07: long before any test's SKU was created.
-const LONG_AGO_MS: i64 = 1_733_556_174_848;
 
 // ---------------------------------------------------------------------------
 // Requests as data, so tables of cases stay short.
@@ -200,22 +199,12 @@ fn on_hold(hold: &str, action: Option<&str>) -> Req {
     }
 }
 
-/// An id shaped like dropgate's (UUID version 8): created at `created_ms`,
-/// for SKU number `sku_no`, but never issued.
-fn forged_hold(created_ms: i64, sku_no: u32) -> String {
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&created_ms.to_be_bytes()[2..]);
-    bytes[12..].copy_from_slice(&sku_no.to_be_bytes());
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970");
-    i64::try_from(since_epoch.as_millis()).expect("ms fit in i64")
+/// An id shaped like dropgate's (UUID version 8): serial `serial`, SKU
+/// number `sku_no`, one unit, but signed with a key that is not this
+/// ledger's, so never issued.
+fn forged_hold(serial: u64, sku_no: u32) -> String {
+    let quantity = Quantity::parse(1).expect("a quantity");
+    HoldId::issue(&HoldIdKey::new(b"a guess"), serial, sku_no, quantity).to_string()
 }
 
 /// The four hold endpoints for one hold id.
@@ -408,17 +397,6 @@ async fn new_hold(app: &TestApp, token: &str, key: &str) -> String {
     hold["hold_id"].as_str().expect("a hold id").to_owned()
 }
 
-async fn count_rows(app: &TestApp, table: &str) -> i64 {
-    let pool = app.pg().await;
-    let sql = format!("SELECT count(*) FROM {table}");
-    let count: i64 = sqlx::query_scalar(&sql)
-        .fetch_one(&pool)
-        .await
-        .expect("a count");
-    pool.close().await;
-    count
-}
-
 /// The SKU is as created: every unit available, nothing held or sold, no
 /// movement beyond the creation and no hold in the ledger.
 async fn assert_untouched(app: &TestApp) {
@@ -430,8 +408,12 @@ async fn assert_untouched(app: &TestApp) {
         "{sku}"
     );
     app.wait_for_ledger(SKU).await;
-    assert_eq!(count_rows(app, "movements").await, 1, "movements");
-    assert_eq!(count_rows(app, "holds").await, 0, "holds");
+    assert_eq!(
+        app.count("SELECT count(*) FROM movements").await,
+        1,
+        "movements"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM holds").await, 0, "holds");
 }
 
 // ---------------------------------------------------------------------------
@@ -609,7 +591,7 @@ async fn hold_ids_must_be_uuids_and_unknown_ones_are_not_found() {
             invalid(&app, &req, &["hold_id"]).await;
         }
     }
-    for hold in [V4_HOLD.to_owned(), forged_hold(now_ms(), 999_999)] {
+    for hold in [V4_HOLD.to_owned(), forged_hold(1, 999_999)] {
         for req in hold_endpoints(&hold) {
             problem(&app, &req, 404, "not_found").await;
         }
@@ -629,9 +611,9 @@ async fn never_issued_ids_of_a_real_sku_are_not_found() {
         .expect("the SKU's number");
     pool.close().await;
     let sku_no = u32::try_from(sku_no).expect("a positive number");
-    // Issued "now", and issued before the SKU (or this gate) existed.
-    for created_ms in [now_ms(), LONG_AGO_MS] {
-        for req in hold_endpoints(&forged_hold(created_ms, sku_no)) {
+    // From the first block (taken before any rebuild), and from far ahead.
+    for serial in [0, 1 << 40] {
+        for req in hold_endpoints(&forged_hold(serial, sku_no)) {
             problem(&app, &req, 404, "not_found").await;
         }
     }
@@ -830,7 +812,11 @@ async fn unknown_skus_routes_and_methods_answer_problems() {
 #[tokio::test]
 async fn a_batch_of_bad_requests_changes_nothing() {
     let app = app_with_sku().await;
-    assert_eq!(count_rows(&app, "movements").await, 1, "after creation");
+    assert_eq!(
+        app.count("SELECT count(*) FROM movements").await,
+        1,
+        "after creation"
+    );
     // Each of these would take or add units, or change the SKU, if it got
     // past its check.
     let mut refused: Vec<(Req, u16, &str)> = Vec::new();

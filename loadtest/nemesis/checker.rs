@@ -17,7 +17,7 @@
 //! | `linearizable` | each probe window's history has an order that the sequential gate model accepts |
 //! | `expiry` | `expires_at` is now + `hold_ttl_ms` by the one clock; nothing expires before the time it was promised |
 
-use crate::history::{Figures, History, Kind, Op, Sample, F};
+use crate::history::{F, Figures, History, Kind, Op, Sample};
 use crate::linear::{self, AdmitOutcome, Call, GateOp, HoldOutcome, HoldState, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -181,10 +181,10 @@ impl<'a> Context<'a> {
         let mut admits: BTreeMap<(&str, &str), Vec<&Op>> = BTreeMap::new();
         let mut by_hold: HashMap<&str, Vec<&Op>> = HashMap::new();
         for op in &run.history.ops {
-            if op.f == F::Admit {
-                if let Some(key) = op.key.as_deref() {
-                    admits.entry((op.sku.as_str(), key)).or_default().push(op);
-                }
+            if op.f == F::Admit
+                && let Some(key) = op.key.as_deref()
+            {
+                admits.entry((op.sku.as_str(), key)).or_default().push(op);
             }
             if let Some(hold) = op.hold() {
                 by_hold.entry(hold).or_default().push(op);

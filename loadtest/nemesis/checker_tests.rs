@@ -12,7 +12,7 @@ mod linear;
 mod linear_tests;
 
 use checker::{FinalState, LedgerHold, Movement, RunRecord, SkuSpec};
-use history::{CustomerUnits, Fault, Figures, History, Kind, Op, Sample, F};
+use history::{CustomerUnits, F, Fault, Figures, History, Kind, Op, Sample};
 use serde_json::json;
 
 const BASE_WALL_MS: i64 = 1_800_000_000_000;
@@ -370,9 +370,11 @@ fn a_double_hold_for_one_key_is_rejected() {
     // One for the answers, one for the ledger.
     assert_eq!(idempotency.len(), 2, "{}", report.text(10));
     assert!(idempotency[0].message.contains("2 different holds"));
-    assert!(idempotency[1]
-        .message
-        .contains("the ledger has 2 holds for key k1"));
+    assert!(
+        idempotency[1]
+            .message
+            .contains("the ledger has 2 holds for key k1")
+    );
 }
 
 #[test]
@@ -391,12 +393,16 @@ fn a_replay_naming_another_hold_is_rejected() {
         .map(|v| v.message.as_str())
         .collect();
     assert_eq!(messages.len(), 2, "{}", report.text(10));
-    assert!(messages
-        .iter()
-        .any(|m| m.contains("key k2 of sku-a named 2 different holds")));
-    assert!(messages
-        .iter()
-        .any(|m| m.contains("which the ledger has for key Some(\"k1\")")));
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("key k2 of sku-a named 2 different holds"))
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("which the ledger has for key Some(\"k1\")"))
+    );
 }
 
 #[test]
@@ -412,9 +418,11 @@ fn a_lost_confirm_is_rejected() {
         .filter(|v| v.check == "confirmed")
         .collect();
     assert_eq!(confirmed.len(), 1, "{}", report.text(10));
-    assert!(confirmed[0]
-        .message
-        .contains("h1 was answered confirmed (200) but is expired"));
+    assert!(
+        confirmed[0]
+            .message
+            .contains("h1 was answered confirmed (200) but is expired")
+    );
 }
 
 #[test]
@@ -446,9 +454,11 @@ fn sold_out_while_stock_was_free_is_rejected_on_a_main_sku() {
     let report = checker::check(&run);
     assert_eq!(report.violations.len(), 1, "{}", report.text(10));
     assert_eq!(report.violations[0].check, "rejection");
-    assert!(report.violations[0]
-        .message
-        .contains("at most 0 of 2 units"));
+    assert!(
+        report.violations[0]
+            .message
+            .contains("at most 0 of 2 units")
+    );
 }
 
 #[test]
@@ -464,9 +474,11 @@ fn a_replayed_rejection_is_rejected() {
     let report = checker::check(&run);
     assert_eq!(report.violations.len(), 1, "{}", report.text(10));
     assert_eq!(report.violations[0].check, "idempotency");
-    assert!(report.violations[0]
-        .message
-        .contains("key k2 of sku-a replayed a rejection"));
+    assert!(
+        report.violations[0]
+            .message
+            .contains("key k2 of sku-a replayed a rejection")
+    );
 }
 
 #[test]

@@ -6,14 +6,14 @@
 
 use crate::history::{Fault as Record, Recorder};
 use crate::proxy::Mode;
-use crate::topology::{signal, Topology};
-use rand::rngs::StdRng;
+use crate::topology::{Topology, signal};
 use rand::Rng;
-use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply};
+use rand::rngs::StdRng;
 use redis::AsyncCommands;
+use redis::streams::{StreamInfoGroupsReply, StreamPendingCountReply};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{Mutex, watch};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {

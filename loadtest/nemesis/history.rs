@@ -177,10 +177,10 @@ impl Op {
         if let Some(code) = &self.code {
             text.push_str(&format!(" {code}"));
         }
-        if self.f == F::Admit || self.hold_id.is_none() {
-            if let Some(hold) = self.answered_hold_id() {
-                text.push_str(&format!(" hold={hold}"));
-            }
+        if (self.f == F::Admit || self.hold_id.is_none())
+            && let Some(hold) = self.answered_hold_id()
+        {
+            text.push_str(&format!(" hold={hold}"));
         }
         if let Some(state) = self.answered_state() {
             text.push_str(&format!(" state={state}"));

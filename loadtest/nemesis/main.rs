@@ -27,7 +27,7 @@ mod workload;
 
 use anyhow::Context;
 use checker::{FinalState, LedgerHold, Movement, Report, RunRecord, SkuSpec};
-use history::{wall_ms, History, Recorder, Sample};
+use history::{History, Recorder, Sample, wall_ms};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{Mutex, watch};
 use topology::{Settings, Topology};
 use workload::Shared;
 

@@ -6,7 +6,7 @@
 //! and the database dropped, when the run ends.
 
 use crate::proxy::{Mode, Proxy};
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -374,10 +374,10 @@ impl Topology {
             if let Some(pid) = service.pid() {
                 signal(pid, "CONT");
             }
-            if let Some(status) = service.exited() {
-                if service.spawn().is_ok() {
-                    restarted.push(format!("{} ({status})", service.name));
-                }
+            if let Some(status) = service.exited()
+                && service.spawn().is_ok()
+            {
+                restarted.push(format!("{} ({status})", service.name));
             }
         }
         restarted
@@ -461,7 +461,7 @@ async fn create_database(name: &str) -> anyhow::Result<()> {
     let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
         .await
         .context("Postgres on 127.0.0.1:5432")?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
         .await?;
     Ok(())
@@ -470,8 +470,10 @@ async fn create_database(name: &str) -> anyhow::Result<()> {
 pub async fn drop_database(name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
     Ok(())
 }

@@ -8,12 +8,12 @@
 //! same Idempotency-Key, as the API invites, on either gatekeeper.
 
 use crate::checker::SkuSpec;
-use crate::history::{Completion, CustomerUnits, Figures, Invocation, Kind, Recorder, Sample, F};
+use crate::history::{Completion, CustomerUnits, F, Figures, Invocation, Kind, Recorder, Sample};
 use crate::topology::{ADMIN_TOKEN, STOREFRONT_TOKEN};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -579,10 +579,10 @@ async fn probe_client(
             let answer = shared
                 .admit(&process, &sku, &key, &customer, quantity, &mut rng)
                 .await;
-            if let (Kind::Ok, Some(hold)) = (answer.kind, answer.hold_id()) {
-                if !holds.iter().any(|(h, _)| *h == hold) {
-                    holds.push((hold, key));
-                }
+            if let (Kind::Ok, Some(hold)) = (answer.kind, answer.hold_id())
+                && !holds.iter().any(|(h, _)| *h == hold)
+            {
+                holds.push((hold, key));
             }
         } else {
             let (hold, _) = holds[rng.random_range(0..holds.len())].clone();

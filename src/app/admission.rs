@@ -3,8 +3,8 @@
 
 use super::{AdmissionMode, AppError, Dropgate};
 use crate::domain::{
-    fingerprint, time_from_ms, Admission, CustomerId, Hold, HoldId, HoldState, IdempotencyKey,
-    Quantity, SkuId,
+    Admission, CustomerId, Hold, HoldState, IdempotencyKey, Quantity, SkuId, fingerprint,
+    time_from_ms,
 };
 use crate::gate::Admit;
 use crate::ledger::DirectAdmission;
@@ -36,8 +36,8 @@ impl Dropgate {
                         quantity,
                         key,
                         fingerprint: &fingerprint(customer, quantity),
-                        issued_ms: super::machine_ms(),
-                        entropy: rand::random(),
+                        serial: self.hold_ids.serial(&self.ledger).await?,
+                        id_key: self.hold_ids.key(),
                     })
                     .await?
             }
@@ -45,7 +45,7 @@ impl Dropgate {
         let hold = outcome.held().map(|(hold_id, expires_at_ms)| Hold {
             hold_id,
             sku: sku.clone(),
-            customer_id: customer.as_str().to_owned(),
+            customer_id: Some(customer.as_str().to_owned()),
             quantity: i64::from(quantity.get()),
             state: HoldState::Held,
             expires_at: time_from_ms(expires_at_ms),
@@ -70,8 +70,7 @@ impl Dropgate {
             self.require_gate().await?;
             return Ok(Admission::UnknownSku);
         };
-        // The id carries this machine's time; the script decides by Redis's.
-        let hold_id = HoldId::new(sku_no, super::machine_ms(), rand::random());
+        let hold_id = self.hold_ids.issue(&self.ledger, sku_no, quantity).await?;
         let request = Admit::new(
             sku.clone(),
             hold_id,

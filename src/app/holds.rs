@@ -2,8 +2,8 @@
 //! release, extend. The gate decides; confirm answers only once the ledger
 //! has the confirmation.
 
-use super::{hold_view, AdmissionMode, AppError, Dropgate};
-use crate::domain::{time_from_ms, Hold, HoldId, HoldState, HoldTransition, SkuId};
+use super::{AdmissionMode, AppError, Dropgate, hold_view};
+use crate::domain::{Hold, HoldId, HoldState, HoldTransition, SkuId};
 use crate::gate::{GateHold, Transition};
 use crate::ledger::{DirectTransition, LedgerError};
 
@@ -28,26 +28,23 @@ impl Dropgate {
         };
         match in_gate {
             Some(hold) => Ok(self.gate_view(hold_id, &sku, &hold).await),
-            None => match self.ledger_hold(hold_id).await? {
-                // Neither store knows more than that the hold existed.
-                HoldOutcome::Conflict(HoldState::Lost) => Ok(HoldOutcome::Ok(Hold {
-                    hold_id,
-                    sku,
-                    customer_id: String::new(),
-                    quantity: 0,
-                    state: HoldState::Lost,
-                    expires_at: time_from_ms(hold_id.created_ms()),
-                    extensions: 0,
-                    durable: false,
-                })),
-                other => Ok(other),
-            },
+            None => self.ledger_hold(hold_id).await,
         }
     }
 
-    /// Confirms a hold; answers only once the ledger has the confirmation.
+    /// Confirms a hold; answers only once the ledger has the confirmation,
+    /// and within one store timeout in all: the gate's decision and the
+    /// wait for the ledger share it. When it runs out the answer is
+    /// `OutOfTime`, which claims nothing: the gate may have confirmed, and a
+    /// retry finds the hold confirmed there and waits for the ledger again.
     pub async fn confirm(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        let (sku, transition) = match self.transition(hold_id, HoldTransition::Confirm).await? {
+        let deadline = tokio::time::Instant::now() + self.ledger.store_timeout();
+        let decided = within(
+            deadline,
+            "redis",
+            self.transition(hold_id, HoldTransition::Confirm),
+        );
+        let (sku, transition) = match decided.await? {
             Ok(decided) => decided,
             Err(outcome) => return Ok(outcome),
         };
@@ -55,13 +52,15 @@ impl Dropgate {
             Transition::Done { hold, position } => (hold, Some(position)),
             Transition::Same { hold } => (hold, None),
             other => {
-                return self
-                    .refused(hold_id, &sku, other, HoldTransition::Confirm)
-                    .await;
+                let refused = self.refused(hold_id, &sku, other, HoldTransition::Confirm);
+                return within(deadline, "postgres", refused).await;
             }
         };
-        self.flush(&sku, up_to).await?;
-        match self.ledger.hold(hold_id).await? {
+        let recorded = async {
+            self.flush(&sku, up_to).await?;
+            Ok(self.ledger.hold(hold_id).await?)
+        };
+        match within(deadline, "postgres", recorded).await? {
             Some(ledger) if ledger.state == HoldState::Confirmed => {
                 Ok(HoldOutcome::Ok(hold_view(hold_id, &sku, &hold, true)))
             }
@@ -196,24 +195,50 @@ impl Dropgate {
     }
 
     /// A hold the gate no longer has (settled long ago): the ledger's view.
-    /// A hold neither store has, issued before the gate was last rebuilt,
-    /// was admitted by the lost gate and never reached the ledger: lost.
+    /// A hold neither store has, whose id may have been issued by a gate
+    /// that was since replaced, was admitted by that gate and never reached
+    /// the ledger: lost. Its id still says how many units it held; no store
+    /// kept its customer.
     pub(super) async fn ledger_hold(&self, hold_id: HoldId) -> Result<HoldOutcome, AppError> {
-        Ok(match self.ledger.hold(hold_id).await? {
-            None if self.ledger.issued_by_a_lost_gate(hold_id).await? => {
-                HoldOutcome::Conflict(HoldState::Lost)
-            }
-            Some(h) => HoldOutcome::Ok(Hold {
+        let Some(h) = self.ledger.hold(hold_id).await? else {
+            let (Some(lost_by), Some(sku)) = (
+                self.ledger.replaced_gate_since(hold_id).await?,
+                self.ledger.sku_by_no(hold_id.sku_no()).await?,
+            ) else {
+                return Ok(HoldOutcome::NotFound);
+            };
+            return Ok(HoldOutcome::Ok(Hold {
                 hold_id,
-                sku: h.sku,
-                customer_id: h.customer_id,
-                quantity: h.quantity,
-                state: h.state,
-                expires_at: h.expires_at,
-                extensions: h.extensions,
-                durable: true,
-            }),
-            None => HoldOutcome::NotFound,
-        })
+                sku,
+                customer_id: None,
+                quantity: hold_id.quantity(),
+                state: HoldState::Lost,
+                expires_at: lost_by,
+                extensions: 0,
+                durable: false,
+            }));
+        };
+        Ok(HoldOutcome::Ok(Hold {
+            hold_id,
+            sku: h.sku,
+            customer_id: Some(h.customer_id),
+            quantity: h.quantity,
+            state: h.state,
+            expires_at: h.expires_at,
+            extensions: h.extensions,
+            durable: true,
+        }))
     }
+}
+
+/// `work`, unless `deadline` passes first: then `OutOfTime`, blaming
+/// `dependency`, the store it was waiting for.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    dependency: &'static str,
+    work: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(AppError::OutOfTime(dependency)))
 }

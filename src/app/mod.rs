@@ -14,10 +14,11 @@
 
 mod admission;
 mod flush;
+mod hold_ids;
 mod holds;
 mod stock;
 
-use crate::domain::{ms_from_time, time_from_ms, Hold, HoldId, SkuId};
+use crate::domain::{Hold, HoldId, SkuId, ms_from_time, time_from_ms};
 use crate::gate::{Gate, GateError, GateHold};
 use crate::ledger::{Ledger, LedgerError};
 use std::collections::{BTreeSet, HashMap};
@@ -52,6 +53,10 @@ pub enum AppError {
     /// could be recorded, so it admits nothing.
     #[error("the ledger does not know this SKU")]
     UnknownToLedger,
+    /// The operation's store timeout ran out while it waited for this
+    /// store. What it did stands, and a retry completes it.
+    #[error("{0} did not answer within the store timeout")]
+    OutOfTime(&'static str),
 }
 
 impl AppError {
@@ -60,6 +65,7 @@ impl AppError {
         match self {
             Self::Gate(_) | Self::GateNotBuilt => "redis",
             Self::Ledger(_) | Self::UnknownToLedger => "postgres",
+            Self::OutOfTime(dependency) => dependency,
         }
     }
 }
@@ -68,6 +74,8 @@ impl AppError {
 pub struct Dropgate {
     pub gate: Gate,
     pub ledger: Ledger,
+    /// Issues hold ids and tells ours from forged ones.
+    hold_ids: Arc<hold_ids::HoldIds>,
     /// SKU → its ledger number, needed to mint hold ids. Never changes.
     sku_numbers: Arc<RwLock<HashMap<SkuId, u32>>>,
     /// Replicas that must have an admission before it is answered, and for
@@ -83,16 +91,25 @@ pub struct Dropgate {
 }
 
 impl Dropgate {
-    pub fn new(gate: Gate, ledger: Ledger) -> Self {
-        Self {
+    /// Both stores' service; loads the ledger's hold id key.
+    pub async fn open(gate: Gate, ledger: Ledger) -> Result<Self, AppError> {
+        let hold_ids = Arc::new(hold_ids::HoldIds::load(&ledger).await?);
+        Ok(Self {
             gate,
             ledger,
+            hold_ids,
             sku_numbers: Arc::default(),
             replica_wait: None,
             admission: AdmissionMode::Redis,
             flushed: Arc::default(),
             unknown_skus: Arc::default(),
-        }
+        })
+    }
+
+    /// The hold `uuid` names, if this ledger's gatekeepers issued it: any
+    /// other UUID names no hold, whatever the stores hold.
+    pub fn hold_id(&self, uuid: uuid::Uuid) -> Option<HoldId> {
+        self.hold_ids.verify(uuid)
     }
 
     /// Records the SKUs the worker found unknown to the ledger (replacing
@@ -178,8 +195,8 @@ impl Dropgate {
     }
 }
 
-/// This machine's clock, for what decides nothing: the time a hold id
-/// carries, and the commit lag it reports. Every decision by time reads
+/// This machine's clock, for what decides nothing: the commit lag it
+/// reports. Every decision by time reads
 /// the clock of the store that decides (DESIGN.md "One clock"): Redis's,
 /// inside the scripts, or Postgres's `now()` for the Postgres-direct peer.
 fn machine_ms() -> i64 {
@@ -191,7 +208,7 @@ fn hold_view(hold_id: HoldId, sku: &SkuId, hold: &GateHold, durable: bool) -> Ho
     Hold {
         hold_id,
         sku: sku.clone(),
-        customer_id: hold.customer_id.clone(),
+        customer_id: Some(hold.customer_id.clone()),
         quantity: hold.quantity,
         state: hold.state,
         expires_at: time_from_ms(hold.expires_at_ms),

@@ -2,7 +2,7 @@
 
 use super::{AdmissionMode, AppError, Dropgate};
 use crate::domain::{
-    stock_change_fingerprint, IdempotencyKey, Sku, SkuId, SkuSettings, StockRequest,
+    IdempotencyKey, Sku, SkuId, SkuSettings, StockRequest, stock_change_fingerprint,
 };
 use crate::gate::{SetSku, SkuChange, StockChange};
 

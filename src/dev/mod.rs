@@ -10,7 +10,7 @@ pub use redis_server::RedisServer;
 
 use crate::config::{DevConfig, ServeConfig, StoreConfig};
 use crate::domain::{SkuId, SkuSettings};
-use crate::startup::{shutdown_signal, Application};
+use crate::startup::{Application, shutdown_signal};
 use anyhow::Context;
 
 /// Tokens `dev` uses; printed at start. Only for local runs.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 const READY_POLL: Duration = Duration::from_millis(50);
 pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{Context, anyhow, bail};
 use sqlx::{Connection, PgConnection};
 
 use super::process::{
-    find_in_path, free_port, is_executable, path_dirs, spawn_logged, wait_until_ready,
-    ProcessGuard, ServiceGuard, TempDir,
+    ProcessGuard, ServiceGuard, TempDir, find_in_path, free_port, is_executable, path_dirs,
+    spawn_logged, wait_until_ready,
 };
 use super::redis_server::{self, RedisServer};
 
@@ -142,12 +142,8 @@ async fn ensure_postgres(
         bail!("the dev database name must not be empty");
     }
     match pg_connect(&pg_url(LOCAL_PG_PORT, PG_SUPERUSER), PG_PROBE_TIMEOUT).await {
-        Ok(mut conn) => {
-            ensure_database(&mut conn, database_name)
-                .await
-                .with_context(|| {
-                    format!("preparing database {database_name:?} on 127.0.0.1:{LOCAL_PG_PORT}")
-                })?;
+        // The database itself is created by the migration (ledger::migrate).
+        Ok(conn) => {
             let _ = conn.close().await;
             return Ok(Found {
                 url: pg_url(LOCAL_PG_PORT, database_name),
@@ -166,12 +162,9 @@ async fn ensure_postgres(
         );
     };
     let (guard, port) = start_private_postgres(&bins).await?;
-    let mut conn = pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT)
+    let conn = pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT)
         .await
         .context("connecting to the private Postgres")?;
-    ensure_database(&mut conn, database_name)
-        .await
-        .with_context(|| format!("creating database {database_name:?} on the private Postgres"))?;
     let _ = conn.close().await;
     let note = format!(
         "postgres: started private server in {} on port {port}",
@@ -196,23 +189,6 @@ async fn pg_connect(url: &str, timeout: Duration) -> anyhow::Result<PgConnection
         .await
         .map_err(|_| anyhow!("connecting timed out after {timeout:?}"))?
         .map_err(Into::into)
-}
-
-async fn ensure_database(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if exists.is_some() {
-        return Ok(());
-    }
-    let sql = format!("CREATE DATABASE {}", quote_ident(name));
-    match sqlx::query(&sql).execute(&mut *conn).await {
-        Ok(_) => Ok(()),
-        // Two dev runs racing to create it is fine: either one wins.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,10 +338,10 @@ async fn user_exists(user: &str) -> bool {
 
 /// Effective uid 0, which is what Postgres checks.
 async fn running_as_root() -> bool {
-    if let Ok(status) = fs::read_to_string("/proc/self/status") {
-        if let Some(euid) = effective_uid_from_status(&status) {
-            return euid == 0;
-        }
+    if let Ok(status) = fs::read_to_string("/proc/self/status")
+        && let Some(euid) = effective_uid_from_status(&status)
+    {
+        return euid == 0;
     }
     match tokio::process::Command::new("id").arg("-u").output().await {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim() == "0",
@@ -483,17 +459,13 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::process::{read_pid_file, STOP_TIMEOUT};
+    use super::super::process::{STOP_TIMEOUT, read_pid_file};
     use super::*;
     use std::time::Instant;
 
@@ -509,15 +481,12 @@ mod tests {
         let postmaster =
             read_pid_file(&dir.join("data/postmaster.pid")).context("no postmaster.pid")?;
 
-        let mut conn = pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT).await?;
-        ensure_database(&mut conn, "dropgate_services_test").await?;
-        // Idempotent: the second call finds it.
-        ensure_database(&mut conn, "dropgate_services_test").await?;
-        conn.close().await?;
-        let mut conn =
-            pg_connect(&pg_url(port, "dropgate_services_test"), PG_PROBE_TIMEOUT).await?;
-        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await?;
-        assert_eq!(one, 1);
+        let url = pg_url(port, "dropgate_services_test");
+        crate::ledger::migrate(&url, PG_PROBE_TIMEOUT).await?;
+        // Idempotent: the second run finds the database migrated.
+        crate::ledger::migrate(&url, PG_PROBE_TIMEOUT).await?;
+        let mut conn = pg_connect(&url, PG_PROBE_TIMEOUT).await?;
+        conn.ping().await?;
         // Left open on purpose: fast shutdown must not wait for clients.
 
         let started = Instant::now();
@@ -528,9 +497,11 @@ mod tests {
         );
         drop(conn);
 
-        assert!(pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT)
-            .await
-            .is_err());
+        assert!(
+            pg_connect(&pg_url(port, PG_SUPERUSER), PG_PROBE_TIMEOUT)
+                .await
+                .is_err()
+        );
         assert!(
             !process_alive(postmaster),
             "postmaster {postmaster} still running"
@@ -599,13 +570,12 @@ mod tests {
     }
 
     #[test]
-    fn names_are_quoted_for_url_sql_and_shell() {
+    fn names_are_quoted_for_url_and_shell() {
         assert_eq!(
             pg_url(5432, "dropgate"),
             "postgres://postgres@127.0.0.1:5432/dropgate"
         );
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

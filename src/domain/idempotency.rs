@@ -63,7 +63,8 @@ mod tests {
 
     #[test]
     fn held_records_round_trip() {
-        let hold_id = HoldId::new(7, 1_795_000_000_000, [9; 16]);
+        let one = crate::domain::Quantity::parse(1).unwrap_or_else(|e| panic!("{e}"));
+        let hold_id = HoldId::issue(&crate::domain::HoldIdKey::new(b"k"), 9, 7, one);
         let record = encode_held("0123456789abcdef", hold_id, 42);
         let outcome = record.strip_prefix("0123456789abcdef|").map(decode_outcome);
         assert_eq!(

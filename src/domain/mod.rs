@@ -12,10 +12,10 @@ mod snapshot;
 mod stock;
 
 pub use event::{Change, Event, Position};
-pub use hold::{Hold, HoldId, HoldState};
+pub use hold::{Hold, HoldId, HoldIdKey, HoldState};
 pub use idempotency::{
-    decode_outcome, encode_held, fingerprint, stock_change_fingerprint, StockRequest,
-    IDEMPOTENCY_TTL_MS,
+    IDEMPOTENCY_TTL_MS, StockRequest, decode_outcome, encode_held, fingerprint,
+    stock_change_fingerprint,
 };
 pub use outcome::{Admission, HoldTransition};
 pub use sku::{Sku, SkuId, SkuSettings};

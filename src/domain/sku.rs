@@ -1,4 +1,4 @@
-use super::{well_formed, FieldError};
+use super::{FieldError, well_formed};
 use serde::Serialize;
 use std::fmt;
 

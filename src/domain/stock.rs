@@ -126,12 +126,14 @@ mod tests {
             }
         );
         assert!(gate.drift(gate).is_zero());
-        assert!(!Stock {
-            on_hand: 1,
-            held: 1,
-            sold: 1
-        }
-        .is_consistent());
+        assert!(
+            !Stock {
+                on_hand: 1,
+                held: 1,
+                sold: 1
+            }
+            .is_consistent()
+        );
     }
 
     #[test]

@@ -47,12 +47,12 @@
 use super::keys::Keys;
 use super::{Gate, GateConnection, GateError};
 use crate::domain::SkuId;
-use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 
 /// How often, at most, a gatekeeper publishes its hints: bounds both the
 /// commands spent on hints under load and how late a hint can be.

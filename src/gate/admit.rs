@@ -2,10 +2,10 @@
 
 use super::reply::Fields;
 use super::script::{Fenced, Script};
-use super::{keys::Keys, Activity, GateError, MAX_EVENT_BACKLOG};
+use super::{Activity, GateError, MAX_EVENT_BACKLOG, keys::Keys};
 use crate::domain::{
-    decode_outcome, fingerprint, Admission, CustomerId, HoldId, IdempotencyKey, Quantity, SkuId,
-    IDEMPOTENCY_TTL_MS,
+    Admission, CustomerId, HoldId, IDEMPOTENCY_TTL_MS, IdempotencyKey, Quantity, SkuId,
+    decode_outcome, fingerprint,
 };
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

@@ -4,11 +4,11 @@
 //! one stream entry. [`Gate::admit`](super::Gate::admit) forms the batches
 //! (see `batcher`).
 
-use super::admit::{decode, Admit, AdmitReply};
+use super::admit::{Admit, AdmitReply, decode};
 use super::reply::Fields;
 use super::script::{Fenced, Script};
-use super::{keys::Keys, Activity, GateError};
-use crate::domain::{Admission, SkuId, IDEMPOTENCY_TTL_MS};
+use super::{Activity, GateError, keys::Keys};
+use crate::domain::{Admission, IDEMPOTENCY_TTL_MS, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
 

@@ -1,8 +1,8 @@
 //! The reaper's step: expiring a SKU's due holds, `lua/expire.lua`.
 
 use super::reply::Fields;
-use super::script::{with_hold_lib, Fenced, Script};
-use super::{keys::Keys, Activity, GateError};
+use super::script::{Fenced, Script, with_hold_lib};
+use super::{Activity, GateError, keys::Keys};
 use crate::domain::SkuId;
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

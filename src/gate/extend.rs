@@ -1,9 +1,9 @@
 //! Extending a hold: `lua/extend.lua`.
 
 use super::reply::Fields;
-use super::script::{with_hold_lib, Fenced, Script};
+use super::script::{Fenced, Script, with_hold_lib};
 use super::settle::Transition;
-use super::{keys::Keys, Activity, GateError};
+use super::{Activity, GateError, keys::Keys};
 use crate::domain::{HoldId, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

@@ -1,8 +1,8 @@
 //! Marking a hold the ledger refused as lost: `lua/lose.lua`.
 
 use super::reply::Fields;
-use super::script::{with_hold_lib, Fenced, Script};
-use super::{keys::Keys, GateError};
+use super::script::{Fenced, Script, with_hold_lib};
+use super::{GateError, keys::Keys};
 use crate::domain::{HoldId, HoldState, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

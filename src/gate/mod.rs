@@ -60,8 +60,8 @@ pub use trim::{Trim, Trimmed};
 
 use crate::domain::{Admission, HoldId, HoldState, HoldTransition, SkuFigures, SkuId, Stock};
 use keys::Keys;
-use redis::aio::ConnectionManagerConfig;
 use redis::AsyncCommands;
+use redis::aio::ConnectionManagerConfig;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -377,18 +377,23 @@ impl Gate {
             )
             .await?;
         Ok(match values.as_slice() {
-            [Some(on_hand), Some(held), Some(sold), Some(limit), Some(ttl), Some(max_ext)] => {
-                Some(SkuFigures {
-                    stock: Stock {
-                        on_hand: *on_hand,
-                        held: *held,
-                        sold: *sold,
-                    },
-                    per_customer_limit: *limit,
-                    hold_ttl_ms: *ttl,
-                    max_extensions: *max_ext,
-                })
-            }
+            [
+                Some(on_hand),
+                Some(held),
+                Some(sold),
+                Some(limit),
+                Some(ttl),
+                Some(max_ext),
+            ] => Some(SkuFigures {
+                stock: Stock {
+                    on_hand: *on_hand,
+                    held: *held,
+                    sold: *sold,
+                },
+                per_customer_limit: *limit,
+                hold_ttl_ms: *ttl,
+                max_extensions: *max_ext,
+            }),
             _ => None,
         })
     }

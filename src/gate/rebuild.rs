@@ -6,8 +6,8 @@
 //! and its stream holds every event it will ever have. The rebuild writes
 //! the SKU from the ledger and creates the stock hash last, which reopens it.
 
-use super::{Gate, GateError, CONSUMER_GROUP};
-use crate::domain::{encode_held, SkuId, SkuSnapshot, IDEMPOTENCY_TTL_MS};
+use super::{CONSUMER_GROUP, Gate, GateError};
+use crate::domain::{IDEMPOTENCY_TTL_MS, SkuId, SkuSnapshot, encode_held};
 use redis::{SetExpiry, SetOptions};
 
 /// Keys written per pipeline while rebuilding.

@@ -3,7 +3,7 @@
 use super::reply::Fields;
 use super::script::{Fenced, Script};
 use super::snapshot::Snapshot;
-use super::{keys::Keys, GateError};
+use super::{GateError, keys::Keys};
 use crate::domain::{SkuId, Stock};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

@@ -131,8 +131,14 @@ impl GateHold {
         if values.first().is_none_or(Option::is_none) {
             return Ok(None);
         }
-        let [Some(state), Some(customer), Some(qty), Some(expires), Some(ext), Some(created)] =
-            values
+        let [
+            Some(state),
+            Some(customer),
+            Some(qty),
+            Some(expires),
+            Some(ext),
+            Some(created),
+        ] = values
         else {
             return Err(GateError::protocol("hold hash with missing fields"));
         };

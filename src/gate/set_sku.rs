@@ -3,8 +3,8 @@
 
 use super::reply::Fields;
 use super::script::{Fenced, Script};
-use super::{keys::Keys, Activity, GateError, CONSUMER_GROUP};
-use crate::domain::{SkuFigures, SkuId, SkuSettings, Stock, IDEMPOTENCY_TTL_MS};
+use super::{Activity, CONSUMER_GROUP, GateError, keys::Keys};
+use crate::domain::{IDEMPOTENCY_TTL_MS, SkuFigures, SkuId, SkuSettings, Stock};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;
 use uuid::Uuid;

@@ -2,8 +2,8 @@
 //! hold; they differ only in the state it ends in.
 
 use super::reply::{Fields, GateHold};
-use super::script::{with_hold_lib, Fenced, Script};
-use super::{keys::Keys, Activity, GateError};
+use super::script::{Fenced, Script, with_hold_lib};
+use super::{Activity, GateError, keys::Keys};
 use crate::domain::{HoldId, HoldState, Position, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

@@ -3,7 +3,7 @@
 
 use super::reply::Fields;
 use super::script::Script;
-use super::{keys::Keys, GateError};
+use super::{GateError, keys::Keys};
 use crate::domain::{Position, SkuId};
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

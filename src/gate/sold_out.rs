@@ -12,11 +12,11 @@
 //! stock never is.
 
 use super::{Gate, GateError};
-use crate::domain::{decode_outcome, Admission, SkuId};
+use crate::domain::{Admission, SkuId, decode_outcome};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 

@@ -3,16 +3,16 @@
 //! the commit worker's consumer (activity hints, group reads of the streams
 //! they name, claims of what dead consumers left, acks).
 
-use super::activity::{read_hints, ActivityCursor};
-use super::keys::Keys;
 use super::GateConnection;
-use super::{reply, Gate, GateError, CONSUMER_GROUP};
+use super::activity::{ActivityCursor, read_hints};
+use super::keys::Keys;
+use super::{CONSUMER_GROUP, Gate, GateError, reply};
 use crate::domain::{Event, Position, SkuId};
+use redis::AsyncCommands;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadOptions,
     StreamReadReply,
 };
-use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -175,7 +175,7 @@ impl Consumer {
                 return read.map(|entries| Deliveries {
                     entries,
                     gone: Vec::new(),
-                })
+                });
             }
         }
         let mut deliveries = Deliveries::default();

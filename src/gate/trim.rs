@@ -2,7 +2,7 @@
 
 use super::reply::Fields;
 use super::script::Script;
-use super::{keys::Keys, GateError, CONSUMER_GROUP};
+use super::{CONSUMER_GROUP, GateError, keys::Keys};
 use crate::domain::SkuId;
 use redis::{ScriptInvocation, Value};
 use std::sync::LazyLock;

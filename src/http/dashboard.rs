@@ -10,12 +10,12 @@ use crate::domain::{SkuId, Stock};
 use crate::gate::Gate;
 use crate::ledger::LedgerSku;
 use crate::telemetry::metric;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -178,10 +178,10 @@ impl DashboardCache {
 
     async fn get(&self, state: &AppState) -> Bytes {
         let mut last = self.last.lock().await;
-        if let Some((ready_at, body)) = last.as_ref() {
-            if ready_at.elapsed() < self.interval {
-                return body.clone();
-            }
+        if let Some((ready_at, body)) = last.as_ref()
+            && ready_at.elapsed() < self.interval
+        {
+            return body.clone();
         }
         metrics::counter!(crate::telemetry::metric::DASHBOARD_COMPUTATIONS_TOTAL).increment(1);
         let body = Bytes::from(serde_json::to_vec(&collect(state).await).unwrap_or_default());

@@ -4,7 +4,7 @@
 
 use crate::app::AppError;
 use crate::domain::{FieldError, HoldState};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -379,7 +379,7 @@ impl From<AppError> for ApiError {
         let unavailable = match &error {
             AppError::Gate(gate) => gate.is_unavailable(),
             AppError::Ledger(ledger) => ledger.is_unavailable(),
-            AppError::GateNotBuilt | AppError::UnknownToLedger => true,
+            AppError::GateNotBuilt | AppError::UnknownToLedger | AppError::OutOfTime(_) => true,
         };
         if unavailable {
             tracing::warn!(%error, "dependency unavailable");

@@ -5,7 +5,7 @@ use super::{ApiError, AppState};
 use crate::domain::{FieldError, HoldId, IdempotencyKey, SkuId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -102,22 +102,22 @@ impl<S: Send + Sync> FromRequestParts<S> for SkuPath {
     }
 }
 
-/// The `{hold_id}` path parameter.
+/// The `{hold_id}` path parameter: a hold id this ledger issued. A UUID it
+/// did not issue names no hold, and is 404 before any store is asked.
 pub struct HoldPath(pub HoldId);
 
-impl<S: Send + Sync> FromRequestParts<S> for HoldPath {
+impl FromRequestParts<AppState> for HoldPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let invalid = || ApiError::validation(FieldError::new("hold_id", "must be a UUID"));
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| invalid())?;
-        if uuid::Uuid::try_parse(&raw).is_err() {
-            return Err(invalid());
-        }
-        // A UUID we never issued names no hold.
-        HoldId::parse(&raw)
+        let uuid = uuid::Uuid::try_parse(&raw).map_err(|_| invalid())?;
+        state
+            .app
+            .hold_id(uuid)
             .map(Self)
             .ok_or(ApiError::NotFound("hold"))
     }

@@ -1,14 +1,14 @@
 //! Storefront endpoints for holds.
 
 use super::error::Problem;
-use super::extract::{idempotency_key, validated, HoldPath, JsonObject, SkuPath, Storefront};
+use super::extract::{HoldPath, JsonObject, SkuPath, Storefront, idempotency_key, validated};
 use super::{ApiError, AppState};
 use crate::app::HoldOutcome;
 use crate::domain::{self, Admission, CustomerId, Quantity};
 use crate::limits::retry_after_seconds;
 use crate::telemetry::metric;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,13 +23,17 @@ pub struct Hold {
     pub hold_id: domain::HoldId,
     #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$", example = "drop-1")]
     pub sku: domain::SkuId,
+    /// Absent only on a `lost` hold that no store kept (the gate that
+    /// admitted it was lost before the ledger had it): its customer is
+    /// unknown, and no made-up one is given.
     #[schema(
         min_length = 1,
         max_length = 128,
         pattern = r"^[A-Za-z0-9._:-]{1,128}$",
         example = "c-42"
     )]
-    pub customer_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
     pub state: HoldState,

@@ -10,11 +10,11 @@
 //! `forbidden`. utoipa cannot mark a response header required, so the
 //! headers always sent are marked there too.
 
-use super::error::{Problem, ProblemCode, PROBLEM_JSON};
-use super::{holds, ops, skus, AppState};
+use super::error::{PROBLEM_JSON, Problem, ProblemCode};
+use super::{AppState, holds, ops, skus};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -321,9 +321,11 @@ mod tests {
     #[test]
     fn is_openapi_3_1_with_every_shared_response() {
         let doc = document();
-        assert!(doc["openapi"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("3.1")));
+        assert!(
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+        );
         let admit = &doc["paths"]["/v1/skus/{sku}/holds"]["post"]["responses"];
         for status in [
             "201", "400", "401", "404", "409", "413", "422", "429", "500", "503",
@@ -332,9 +334,11 @@ mod tests {
         }
         assert_eq!(admit["201"]["headers"]["Location"]["required"], true);
         assert_eq!(admit["429"]["headers"]["Retry-After"]["required"], true);
-        assert!(admit["409"]["headers"]["Retry-After"]
-            .get("required")
-            .is_none());
+        assert!(
+            admit["409"]["headers"]["Retry-After"]
+                .get("required")
+                .is_none()
+        );
         assert!(admit.get("403").is_none(), "storefront tokens may admit");
         let put = &doc["paths"]["/v1/skus/{sku}"]["put"]["responses"];
         assert!(put.get("403").is_some());

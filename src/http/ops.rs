@@ -4,7 +4,7 @@
 use super::AppState;
 use crate::gate::Trouble;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};

@@ -1,7 +1,7 @@
 //! SKU endpoints: read (storefront), create, update and adjust (admin).
 
 use super::error::Problem;
-use super::extract::{idempotency_key, validated, Admin, JsonObject, SkuPath, Storefront};
+use super::extract::{Admin, JsonObject, SkuPath, Storefront, idempotency_key, validated};
 use super::{ApiError, AppState};
 use crate::app::SkuOutcome;
 use crate::domain::{self, FieldError, SkuId, SkuSettings, StockRequest};
@@ -315,7 +315,7 @@ pub(super) struct AdjustmentRequest {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F]*\S[^\x00-\x1F\x7F-\x9F]*$",
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$",
         example = "damaged in warehouse"
     )]
     reason: String,

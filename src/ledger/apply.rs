@@ -8,11 +8,10 @@
 //! are fenced off. The rest are applied in stream order in memory, then
 //! written with UNNEST: movements, new holds, changed holds, SKU counters.
 
-use super::{Ledger, LedgerError};
+use super::{HoldRow, Ledger, LedgerError, LedgerHold, LedgerSku};
 use crate::domain::{
-    ms_from_time, time_from_ms, Change, Event, HoldId, HoldState, MovementKind, Position, SkuId,
+    Change, Event, HoldId, HoldState, MovementKind, Position, SkuId, ms_from_time, time_from_ms,
 };
-use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -64,6 +63,14 @@ struct HoldPlan {
     expires_at_ms: i64,
     /// Set when the hold is new to the ledger in this batch.
     created: Option<NewHold>,
+}
+
+/// A `holds` row with its id, as the batch reads it.
+#[derive(sqlx::FromRow)]
+struct PlannedHoldRow {
+    hold_id: Uuid,
+    #[sqlx(flatten)]
+    hold: HoldRow,
 }
 
 struct NewHold {
@@ -178,14 +185,17 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
 
         let names: Vec<&str> = batch.keys().map(SkuId::as_str).collect();
-        let rows = sqlx::query(
-            "SELECT sku, on_hand, held, sold, per_customer_limit, hold_ttl_ms, max_extensions,
-                    epoch, applied_seq
-             FROM skus WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-        )
+        let rows = sqlx::query_as::<_, super::SkuRow>(concat!(
+            "SELECT ",
+            super::sku_columns!(),
+            " FROM skus WHERE sku = ANY($1) ORDER BY sku FOR UPDATE"
+        ))
         .bind(&names)
         .fetch_all(&mut *tx)
-        .await?;
+        .await?
+        .into_iter()
+        .map(LedgerSku::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
 
         let hold_ids: Vec<Uuid> = batch
             .values()
@@ -194,24 +204,23 @@ impl Ledger {
             .map(HoldId::uuid)
             .collect();
         let mut holds: HashMap<Uuid, HoldPlan> = HashMap::new();
-        for row in sqlx::query(
-            "SELECT hold_id, sku, state, quantity, extensions, expires_at FROM holds WHERE hold_id = ANY($1)",
+        for row in sqlx::query_as::<_, PlannedHoldRow>(
+            "SELECT hold_id, sku, customer_id, quantity, state, extensions, expires_at
+             FROM holds WHERE hold_id = ANY($1)",
         )
         .bind(&hold_ids)
         .fetch_all(&mut *tx)
         .await?
         {
-            let state: String = row.try_get("state")?;
-            let expires_at: OffsetDateTime = row.try_get("expires_at")?;
+            let hold = LedgerHold::try_from(row.hold)?;
             holds.insert(
-                row.try_get("hold_id")?,
+                row.hold_id,
                 HoldPlan {
-                    sku: row.try_get("sku")?,
-                    state: HoldState::parse(&state)
-                        .ok_or_else(|| LedgerError::Invariant(format!("hold state {state:?}")))?,
-                    quantity: i64::from(row.try_get::<i32, _>("quantity")?),
-                    extensions: i64::from(row.try_get::<i32, _>("extensions")?),
-                    expires_at_ms: ms_from_time(expires_at),
+                    sku: hold.sku.as_str().to_owned(),
+                    state: hold.state,
+                    quantity: hold.quantity,
+                    extensions: hold.extensions,
+                    expires_at_ms: ms_from_time(hold.expires_at),
                     created: None,
                 },
             );
@@ -233,20 +242,18 @@ impl Ledger {
         let mut movements = Movements::default();
         let mut skus: Vec<(String, SkuState)> = Vec::with_capacity(rows.len());
         for row in &rows {
-            let name: String = row.try_get("sku")?;
+            let id = row.sku.clone();
+            let name = id.as_str().to_owned();
+            let figures = &row.figures;
             let mut sku = SkuState {
-                on_hand: row.try_get("on_hand")?,
-                held: row.try_get("held")?,
-                sold: row.try_get("sold")?,
-                per_customer_limit: i64::from(row.try_get::<i32, _>("per_customer_limit")?),
-                hold_ttl_ms: row.try_get("hold_ttl_ms")?,
-                max_extensions: i64::from(row.try_get::<i32, _>("max_extensions")?),
-                applied: Position {
-                    epoch: row.try_get("epoch")?,
-                    seq: row.try_get("applied_seq")?,
-                },
+                on_hand: figures.stock.on_hand,
+                held: figures.stock.held,
+                sold: figures.stock.sold,
+                per_customer_limit: figures.per_customer_limit,
+                hold_ttl_ms: figures.hold_ttl_ms,
+                max_extensions: figures.max_extensions,
+                applied: row.applied,
             };
-            let id = SkuId::parse(&name).map_err(|e| LedgerError::Invariant(e.to_string()))?;
             let mut events: Vec<&Event> = batch
                 .get(&id)
                 .map(|v| v.iter().collect())

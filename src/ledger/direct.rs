@@ -9,10 +9,9 @@
 
 use super::{Ledger, LedgerError};
 use crate::domain::{
-    ms_from_time, Admission, CustomerId, HoldId, HoldState, IdempotencyKey, MovementKind, Quantity,
-    SkuId,
+    Admission, CustomerId, HoldId, HoldIdKey, HoldState, IdempotencyKey, MovementKind, Quantity,
+    SkuId, ms_from_time,
 };
-use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -36,10 +35,11 @@ pub struct DirectAdmission<'a> {
     pub quantity: Quantity,
     pub key: &'a IdempotencyKey,
     pub fingerprint: &'a str,
-    /// The time the hold id carries; Postgres's clock decides everything.
-    pub issued_ms: i64,
-    /// Random bytes for the hold id.
-    pub entropy: [u8; 16],
+    /// The hold id's serial (unique; see [`HoldId`]) and the key that
+    /// signs it: the SKU's number is only known under its row lock.
+    /// Postgres's clock decides everything time-based.
+    pub serial: u64,
+    pub id_key: &'a HoldIdKey,
 }
 
 impl Ledger {
@@ -53,12 +53,13 @@ impl Ledger {
             quantity,
             key,
             fingerprint,
-            issued_ms,
-            entropy,
+            serial,
+            id_key,
         } = request;
         let q = i64::from(quantity.get());
         let mut tx = self.pool.begin().await?;
-        let taken = sqlx::query(
+        // (sku_no, per_customer_limit, hold_ttl_ms) when the units were free.
+        let taken: Option<(i32, i32, i64)> = sqlx::query_as(
             "UPDATE skus SET held = held + $2, updated_at = now()
              WHERE sku = $1 AND on_hand - held - sold >= $2
              RETURNING sku_no, per_customer_limit, hold_ttl_ms",
@@ -94,12 +95,13 @@ impl Ledger {
             };
             return Ok(Admission::SoldOut { retry_after_ms });
         }
-        let row = taken.ok_or_else(|| LedgerError::Invariant("no row".into()))?;
+        let (sku_no, limit, hold_ttl_ms) =
+            taken.ok_or_else(|| LedgerError::Invariant("no row".into()))?;
         if let Some(replay) = replay(&mut tx, sku, key, fingerprint).await? {
             tx.rollback().await?;
             return Ok(replay);
         }
-        let limit = i64::from(row.try_get::<i32, _>("per_customer_limit")?);
+        let limit = i64::from(limit);
         if limit > 0 {
             let already: i64 = sqlx::query_scalar(
                 "SELECT coalesce(sum(quantity), 0)::int8 FROM holds
@@ -114,8 +116,8 @@ impl Ledger {
                 return Ok(Admission::LimitExceeded { limit, already });
             }
         }
-        let sku_no = u32::try_from(row.try_get::<i32, _>("sku_no")?).unwrap_or(0);
-        let hold_id = HoldId::new(sku_no, issued_ms, entropy);
+        let sku_no = u32::try_from(sku_no).unwrap_or(0);
+        let hold_id = HoldId::issue(id_key, serial, sku_no, quantity);
         let expires_at: OffsetDateTime = sqlx::query_scalar(
             "WITH h AS (
                 INSERT INTO holds (hold_id, sku, customer_id, quantity, state, idempotency_key,
@@ -134,7 +136,7 @@ impl Ledger {
         .bind(i32::try_from(q).unwrap_or(i32::MAX))
         .bind(key.as_str())
         .bind(fingerprint)
-        .bind(row.try_get::<i64, _>("hold_ttl_ms")?)
+        .bind(hold_ttl_ms)
         .bind(Uuid::new_v4())
         .fetch_one(&mut *tx)
         .await?;
@@ -255,7 +257,7 @@ async fn replay(
     key: &IdempotencyKey,
     fingerprint: &str,
 ) -> Result<Option<Admission>, LedgerError> {
-    let row = sqlx::query(
+    let row: Option<(Uuid, Option<String>, OffsetDateTime)> = sqlx::query_as(
         "SELECT hold_id, request_fingerprint, expires_at FROM holds
          WHERE sku = $1 AND idempotency_key = $2 ORDER BY created_at LIMIT 1",
     )
@@ -263,14 +265,15 @@ async fn replay(
     .bind(key.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let first: Option<String> = row.try_get("request_fingerprint")?;
+    let Some((hold_id, first, expires_at)) = row else {
+        return Ok(None);
+    };
     if first.as_deref() != Some(fingerprint) {
         return Ok(Some(Admission::KeyReused));
     }
     Ok(Some(Admission::Replayed(Box::new(Admission::Held {
-        hold_id: HoldId::from_uuid(row.try_get("hold_id")?),
-        expires_at_ms: ms_from_time(row.try_get("expires_at")?),
+        hold_id: HoldId::from_uuid(hold_id),
+        expires_at_ms: ms_from_time(expires_at),
     }))))
 }
 
@@ -279,21 +282,22 @@ async fn lock_hold(
     tx: &mut sqlx::PgConnection,
     hold_id: HoldId,
 ) -> Result<Option<(String, HoldState, i64, bool)>, LedgerError> {
-    let row = sqlx::query(
+    let row: Option<(String, String, i32, bool)> = sqlx::query_as(
         "SELECT h.sku, h.state, h.quantity, h.expires_at <= now() AS expired
          FROM holds h JOIN skus s ON s.sku = h.sku WHERE h.hold_id = $1 FOR UPDATE",
     )
     .bind(hold_id.uuid())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let state: String = row.try_get("state")?;
+    let Some((sku, state, quantity, expired)) = row else {
+        return Ok(None);
+    };
     Ok(Some((
-        row.try_get("sku")?,
+        sku,
         HoldState::parse(&state)
             .ok_or_else(|| LedgerError::Invariant(format!("hold state {state:?}")))?,
-        i64::from(row.try_get::<i32, _>("quantity")?),
-        row.try_get("expired")?,
+        i64::from(quantity),
+        expired,
     )))
 }
 

@@ -3,8 +3,8 @@
 
 use super::{Ledger, LedgerError, LedgerSku};
 use crate::domain::{
-    ms_from_time, AdmittedKey, HoldId, HoldState, LiveHold, MovementKind, SkuId, SkuSnapshot,
-    IDEMPOTENCY_TTL_MS,
+    AdmittedKey, HoldId, HoldState, IDEMPOTENCY_TTL_MS, LiveHold, MovementKind, SkuId, SkuSnapshot,
+    ms_from_time,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -59,8 +59,10 @@ impl Ledger {
     /// have counted further, and its events must stay fenced off.
     pub async fn start_epoch(&self, reason: &str, above: i64) -> Result<i64, LedgerError> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO gate_epochs (epoch, reason)
-             SELECT greatest(coalesce(max(epoch), 0), $2) + 1, $1 FROM gate_epochs RETURNING epoch",
+            "INSERT INTO gate_epochs (epoch, reason, hold_id_block)
+             SELECT greatest(coalesce(max(epoch), 0), $2) + 1, $1,
+                    (SELECT CASE WHEN is_called THEN last_value ELSE -1 END FROM hold_id_blocks)
+             FROM gate_epochs RETURNING epoch",
         )
         .bind(reason)
         .bind(above)
@@ -68,20 +70,20 @@ impl Ledger {
         .await?)
     }
 
-    /// True when a hold id the ledger does not have was minted between its
-    /// SKU's creation and the start of the current gate epoch: a gate that
-    /// was since lost issued it and never got it into the ledger.
-    pub async fn issued_by_a_lost_gate(&self, hold_id: HoldId) -> Result<bool, LedgerError> {
-        let window: Option<(OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
-            "SELECT s.created_at, (SELECT max(started_at) FROM gate_epochs)
-             FROM skus s WHERE s.sku_no = $1",
+    /// When the gate that may have issued `hold_id` was replaced: the start
+    /// of the first epoch begun after the id's serial block was taken. A
+    /// hold neither store has was lost with that gate, by then at the
+    /// latest. `None` when no gate was replaced since.
+    pub async fn replaced_gate_since(
+        &self,
+        hold_id: HoldId,
+    ) -> Result<Option<OffsetDateTime>, LedgerError> {
+        Ok(sqlx::query_scalar(
+            "SELECT started_at FROM gate_epochs WHERE hold_id_block >= $1 ORDER BY epoch LIMIT 1",
         )
-        .bind(i32::try_from(hold_id.sku_no()).unwrap_or(-1))
+        .bind(i64::try_from(hold_id.block()).unwrap_or(i64::MAX))
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(window.is_some_and(|(from, to)| {
-            (ms_from_time(from)..ms_from_time(to)).contains(&hold_id.created_ms())
-        }))
+        .await?)
     }
 
     /// Moves the SKU to `epoch` and reads what the gate must hold for it:
@@ -93,10 +95,10 @@ impl Ledger {
         epoch: i64,
     ) -> Result<SkuSnapshot, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let row: LedgerSku = sqlx::query_as::<_, super::SkuRow>(&format!(
+        let row: LedgerSku = sqlx::query_as::<_, super::SkuRow>(concat!(
             "UPDATE skus SET epoch = $2, applied_seq = -1, updated_at = now() WHERE sku = $1
-             RETURNING {}",
-            super::SKU_COLUMNS
+             RETURNING ",
+            super::sku_columns!()
         ))
         .bind(sku.as_str())
         .bind(epoch)

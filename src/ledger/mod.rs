@@ -13,7 +13,9 @@ pub use checks::{LedgerChecks, SkuChecks};
 pub use dead_letters::{DeadLetter, Resolution};
 pub use direct::{DirectAdmission, DirectTransition};
 
-use crate::domain::{HoldId, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock};
+use crate::domain::{
+    HoldId, HoldIdKey, HoldState, Position, SkuFigures, SkuId, SkuSettings, Stock,
+};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
@@ -126,12 +128,12 @@ fn session_options(
 /// `timeout` is the store timeout: the migration session's idle-in-
 /// transaction bound.
 pub async fn migrate(database_url: &str, timeout: Duration) -> Result<(), LedgerError> {
-    if !Postgres::database_exists(database_url).await? {
-        if let Err(error) = Postgres::create_database(database_url).await {
-            // Another process may have created it a moment ago.
-            if !Postgres::database_exists(database_url).await? {
-                return Err(error.into());
-            }
+    if !Postgres::database_exists(database_url).await?
+        && let Err(error) = Postgres::create_database(database_url).await
+    {
+        // Another process may have created it a moment ago.
+        if !Postgres::database_exists(database_url).await? {
+            return Err(error.into());
         }
     }
     let options = PgConnectOptions::from_str(database_url)?
@@ -171,9 +173,15 @@ pub struct LedgerSku {
     pub applied: Position,
 }
 
-/// The columns of `skus` every read of a SKU selects.
-const SKU_COLUMNS: &str = "sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, \
-                           max_extensions, epoch, applied_seq";
+/// The columns of `skus` every read of a SKU selects, as a literal so each
+/// query that uses it stays one static string (`concat!`).
+macro_rules! sku_columns {
+    () => {
+        "sku, sku_no, on_hand, held, sold, per_customer_limit, hold_ttl_ms, \
+         max_extensions, epoch, applied_seq"
+    };
+}
+use sku_columns;
 
 /// A `skus` row as Postgres types it; [`LedgerSku`] is what the rest sees.
 #[derive(sqlx::FromRow)]
@@ -246,6 +254,8 @@ impl TryFrom<HoldRow> for LedgerHold {
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
+    /// The store timeout: what a caller may wait for the ledger.
+    timeout: Duration,
 }
 
 impl Ledger {
@@ -261,7 +271,12 @@ impl Ledger {
             .max_connections(16)
             .acquire_timeout(timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self { pool, timeout })
+    }
+
+    /// The store timeout the ledger was connected with.
+    pub fn store_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `work` while holding the cluster-wide rebuild lock (a Postgres
@@ -304,6 +319,22 @@ impl Ledger {
             .await?)
     }
 
+    /// The key that signs this ledger's hold ids, created by the migrations.
+    pub async fn hold_id_key(&self) -> Result<HoldIdKey, LedgerError> {
+        let secret: Vec<u8> = sqlx::query_scalar("SELECT hold_id_key FROM ledger_identity")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(HoldIdKey::new(&secret))
+    }
+
+    /// Takes the next block of hold id serials; no other process gets it.
+    pub async fn take_hold_id_block(&self) -> Result<u64, LedgerError> {
+        let block: i64 = sqlx::query_scalar("SELECT nextval('hold_id_blocks')")
+            .fetch_one(&self.pool)
+            .await?;
+        u64::try_from(block).map_err(|_| LedgerError::Invariant(format!("hold id block {block}")))
+    }
+
     /// The newest gate epoch the ledger knows of.
     pub async fn epoch(&self) -> Result<i64, LedgerError> {
         Ok(sqlx::query_scalar("SELECT max(epoch) FROM gate_epochs")
@@ -336,12 +367,16 @@ impl Ledger {
     }
 
     pub async fn sku(&self, sku: &SkuId) -> Result<Option<LedgerSku>, LedgerError> {
-        sqlx::query_as::<_, SkuRow>(&format!("SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1"))
-            .bind(sku.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(LedgerSku::try_from)
-            .transpose()
+        sqlx::query_as::<_, SkuRow>(concat!(
+            "SELECT ",
+            sku_columns!(),
+            " FROM skus WHERE sku = $1"
+        ))
+        .bind(sku.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(LedgerSku::try_from)
+        .transpose()
     }
 
     /// The SKUs of `skus` the ledger has, in one query.
@@ -350,8 +385,10 @@ impl Ledger {
         skus: &[SkuId],
     ) -> Result<HashMap<SkuId, LedgerSku>, LedgerError> {
         let names: Vec<&str> = skus.iter().map(SkuId::as_str).collect();
-        sqlx::query_as::<_, SkuRow>(&format!(
-            "SELECT {SKU_COLUMNS} FROM skus WHERE sku = ANY($1)"
+        sqlx::query_as::<_, SkuRow>(concat!(
+            "SELECT ",
+            sku_columns!(),
+            " FROM skus WHERE sku = ANY($1)"
         ))
         .bind(&names)
         .fetch_all(&self.pool)
@@ -367,8 +404,10 @@ impl Ledger {
         after: Option<&SkuId>,
         limit: i64,
     ) -> Result<Vec<LedgerSku>, LedgerError> {
-        sqlx::query_as::<_, SkuRow>(&format!(
-            "SELECT {SKU_COLUMNS} FROM skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
+        sqlx::query_as::<_, SkuRow>(concat!(
+            "SELECT ",
+            sku_columns!(),
+            " FROM skus WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
         ))
         .bind(after.map(SkuId::as_str))
         .bind(limit)
@@ -421,25 +460,5 @@ impl Ledger {
         .await?
         .map(LedgerHold::try_from)
         .transpose()
-    }
-
-    /// Movements of one event id (0 or 1): lets tests and tools check
-    /// exactly-once application.
-    pub async fn movement_count(&self, sku: &SkuId) -> Result<i64, LedgerError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM movements WHERE sku = $1")
-                .bind(sku.as_str())
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    pub async fn has_event(&self, event_id: Uuid) -> Result<bool, LedgerError> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM movements WHERE event_id = $1)")
-                .bind(event_id)
-                .fetch_one(&self.pool)
-                .await?,
-        )
     }
 }

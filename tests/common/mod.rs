@@ -6,11 +6,11 @@
 pub mod process;
 
 use dropgate::app::Dropgate;
-use dropgate::config::{ServeConfig, StoreConfig, DEFAULT_REDIS_URL};
+use dropgate::config::{DEFAULT_REDIS_URL, ServeConfig, StoreConfig};
 use dropgate::startup::Application;
 use dropgate::telemetry::Metrics;
 use reqwest::{Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use tokio::sync::oneshot;
 
@@ -162,6 +162,34 @@ impl TestApp {
         sqlx::PgPool::connect(&format!("{PG_BASE}/{}", self.database))
             .await
             .expect("test database")
+    }
+
+    /// Environment for a dropgate child process sharing this app's stores
+    /// and tokens, serving on `listen` when given.
+    pub fn child_env(&self, listen: Option<SocketAddr>) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("DATABASE_URL", format!("{PG_BASE}/{}", self.database)),
+            ("REDIS_URL", self.redis_url.clone()),
+            ("DROPGATE_KEY_PREFIX", self.prefix.clone()),
+            ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
+            ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
+            ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
+        ];
+        if let Some(addr) = listen {
+            env.push(("DROPGATE_LISTEN", addr.to_string()));
+        }
+        env
+    }
+
+    /// One integer from the test's ledger (a `count(*)` or a `sum`).
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        let pool = self.pg().await;
+        let n = sqlx::query_scalar(sql)
+            .fetch_one(&pool)
+            .await
+            .expect("count query");
+        pool.close().await;
+        n
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -328,23 +356,24 @@ impl Drop for TestApp {
 
 pub async fn cleanup(database: &str, prefix: &str, redis_url: &str) {
     if let Ok(pool) = sqlx::PgPool::connect(&format!("{PG_BASE}/postgres")).await {
-        let _ = sqlx::query(&format!(
+        // A test database name is generated, never taken from input.
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        ))
+        )))
         .execute(&pool)
         .await;
         pool.close().await;
     }
-    if let Ok(client) = redis::Client::open(redis_url) {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: Result<(), _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
-            }
+    if let Ok(client) = redis::Client::open(redis_url)
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await;
         }
     }
 }
