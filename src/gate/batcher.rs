@@ -4,12 +4,12 @@
 //! the first of them. At low load every call carries one admission and
 //! nothing waits; under load batches grow by themselves (group commit).
 //!
-//! No task is spawned: the request that finds the SKU idle runs its own
-//! call, and whoever's call returns hands the queue on to the request at
-//! its head, which runs the next call and answers the others. A leader
-//! dropped mid-call (its client gone) still hands on, and the admissions
-//! it carried answer `unavailable`: whether they were decided is unknown,
-//! as for any call cut short, and a retry with the same key tells.
+//! The request that finds the SKU idle runs its own call, and whoever's
+//! call returns hands the queue on to the request at its head, which leads
+//! the next call and answers the others. A call of one admission runs in
+//! its request, so a client that goes away cancels only its own; a call
+//! carrying others runs in a task of its own, so it completes, answers
+//! them and hands on whatever becomes of its leader's client.
 
 use super::admit::{Admit, AdmitReply};
 use super::admit_batch::AdmitBatch;
@@ -144,18 +144,40 @@ impl Gate {
             Some(waiting) => match waiting.await {
                 Ok(Turn::Done(result)) => return result,
                 Ok(Turn::Lead(others)) => others,
-                // The request that carried it was dropped mid-call.
+                // The call that carried it never answered (its task
+                // failed): whether it was decided is unknown.
                 Err(_) => return Err(GateError::Abandoned),
             },
         };
+        if others.is_empty() {
+            let _hand_on = HandOn {
+                batcher,
+                sku: &request.sku,
+            };
+            record_batch_size(1);
+            return self.run(request).await;
+        }
+        // A batch runs in a task of its own: the leader's client going away
+        // mid-call must neither cut the others' admissions short nor leave
+        // them unanswered.
+        let gate = self.clone();
+        let request = request.clone();
+        tokio::spawn(async move { gate.lead(request, others).await })
+            .await
+            .unwrap_or_else(|_| Err(GateError::protocol("admission batch task failed")))
+    }
+
+    /// Runs one batch call, `request` first, and answers the others.
+    async fn lead(
+        &self,
+        request: Admit,
+        others: Vec<Waiting>,
+    ) -> Result<Fenced<AdmitReply>, GateError> {
         let _hand_on = HandOn {
-            batcher,
+            batcher: &self.batcher,
             sku: &request.sku,
         };
         record_batch_size(1 + others.len());
-        if others.is_empty() {
-            return self.run(request).await;
-        }
         let batch = AdmitBatch {
             sku: request.sku.clone(),
             admissions: std::iter::once(request.clone())

@@ -85,8 +85,8 @@ pub enum GateError {
     /// The batch call this admission was part of failed.
     #[error("admission batch: {0}")]
     Batch(Arc<GateError>),
-    /// The request whose call carried this admission was dropped mid-call:
-    /// whether it was decided is unknown.
+    /// The batch call that carried this admission never answered (its task
+    /// failed): whether it was decided is unknown.
     #[error("the call carrying this admission was abandoned")]
     Abandoned,
     /// Too many admissions wait for one SKU.
