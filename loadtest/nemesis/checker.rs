@@ -30,6 +30,15 @@ pub const LATE_EFFECT_NS: u64 = 10_000_000_000;
 /// Steps the linearizability search may take per window.
 pub const SEARCH_BUDGET: usize = 2_000_000;
 
+/// [`SEARCH_BUDGET`], or `NEMESIS_SEARCH_BUDGET` when set: a `--recheck`
+/// with a larger budget decides windows a run left undecided.
+fn search_budget() -> usize {
+    std::env::var("NEMESIS_SEARCH_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SEARCH_BUDGET)
+}
+
 /// How a SKU was set up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkuSpec {
@@ -1029,7 +1038,7 @@ fn check_windows(ctx: &Context, report: &mut Report) {
             continue;
         }
         let (calls, placed, model) = window_calls(spec, &ops);
-        match linear::check(&model, &calls, SEARCH_BUDGET) {
+        match linear::check(&model, &calls, search_budget()) {
             Verdict::Linearizable => report.count("windows_linearizable", 1),
             Verdict::Undecided => {
                 report.count("windows_undecided", 1);
