@@ -42,7 +42,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use dropgate::domain::{
     Admission, CustomerId, HoldId, HoldIdKey, IdempotencyKey, Quantity, SkuId, SkuSettings,
 };
-use dropgate::gate::{Admit, Fenced, Script, SetSku, SkuChange, StockChange};
+use dropgate::gate::{Admit, AdmitReply, Fenced, Script, SetSku, SkuChange, StockChange};
 use redis::{
     AsyncConnectionConfig, Client, ScriptInvocation, Value,
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
@@ -235,7 +235,10 @@ async fn admit_once(conn: &mut Conn, sku: &Sku, n: u64) -> Result<bool> {
     let reply = conn.invoke(&request.invocation(&sku.prefix)).await?;
     Ok(matches!(
         request.decode(reply)?,
-        Fenced::Open(Admission::Held { .. })
+        Fenced::Open(AdmitReply {
+            admission: Admission::Held { .. },
+            ..
+        })
     ))
 }
 

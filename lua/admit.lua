@@ -28,7 +28,8 @@
 --   "held"       with hold_id, expires_at_ms
 --   "replay"     with record: the stored outcome, without its fingerprint
 --   "reused"     the key was used before with another body
---   "sold_out"   with retry_after_ms (0 when nothing is held: no Retry-After)
+--   "sold_out"   with retry_after_ms (0 when nothing is held: no Retry-After),
+--                available (units left, fewer than asked; 0: the SKU is sold out)
 --   "limit"      with limit (per customer), already (units the customer has)
 --   "no_sku"     the SKU does not exist
 --   "closed"     the SKU is closed for a rebuild; nothing read or written
@@ -93,7 +94,8 @@ if on_hand - held - sold < qty then
       retry_after_ms = math.max(1000, tonumber(first[2]) - now_ms)
     end
   end
-  return {'outcome', 'sold_out', 'retry_after_ms', retry_after_ms}
+  return {'outcome', 'sold_out', 'retry_after_ms', retry_after_ms,
+    'available', on_hand - held - sold}
 end
 
 local expires_at_ms = now_ms + ttl_ms

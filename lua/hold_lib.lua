@@ -27,6 +27,16 @@ end
 
 local CLOSED = {'outcome', 'closed'}
 
+-- Units came back to the SKU (release, expiry, lost hold), or a confirm left
+-- fewer holds that may come back (what Retry-After promises): every
+-- gatekeeper that remembers the SKU sold out forgets it (see
+-- `gate::sold_out`). The channel is "<prefix>:units-back", the message the
+-- SKU id, both read off the base.
+local function units_back(base)
+  local prefix, sku = string.match(base, '^(.*):{(.*)}:$')
+  redis.call('PUBLISH', prefix .. ':units-back', sku)
+end
+
 -- Redis's clock in unix ms: the one clock every gatekeeper shares, so
 -- gatekeepers whose own clocks disagree decide exactly as one would
 -- (DESIGN.md "One clock").
@@ -71,6 +81,7 @@ local function settle_step(base, hold_id, hold, to)
       redis.call('DEL', cust_key)
     end
   end
+  units_back(base)
   local hold_key = base .. 'h:' .. hold_id
   redis.call('HSET', hold_key, 's', to)
   redis.call('PEXPIRE', hold_key, SETTLED_HOLD_TTL_MS)

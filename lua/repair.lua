@@ -7,6 +7,8 @@
 -- ARGV[1]  fence: the last event id seen by snapshot.lua
 -- ARGV[2]  on_hand   ARGV[3] held   ARGV[4] sold   (the ledger's figures)
 --
+-- A repair publishes the SKU on "<prefix>:units-back" (units may be back).
+--
 -- Reply, by name: outcome "repaired", "moved" (an event was appended since
 -- the fence) or "closed" (the SKU is closed for a rebuild, or gone).
 
@@ -24,4 +26,6 @@ if last ~= ARGV[1] then
   return {'outcome', 'moved'}
 end
 redis.call('HSET', KEYS[1], 'on_hand', ARGV[2], 'held', ARGV[3], 'sold', ARGV[4])
+local prefix, sku = string.match(KEYS[1], '^(.*):{(.*)}:stock$')
+redis.call('PUBLISH', prefix .. ':units-back', sku)
 return {'outcome', 'repaired'}

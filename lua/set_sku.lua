@@ -23,6 +23,9 @@
 --
 -- The movement is dated by Redis's clock (TIME), never the caller's.
 --
+-- A change publishes the SKU on "<prefix>:units-back": units may have come
+-- back, and gatekeepers that remember the SKU sold out forget it.
+--
 -- With an idempotency key, a change that happened is remembered with its
 -- answer, so a retry (after a timeout, a 5xx) replays it instead of moving
 -- stock again. Refusals (conflict, no_sku) store nothing.
@@ -94,6 +97,8 @@ local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('XADD', events_key, epoch .. '-*', 't', 'adjust', 'i', event_id, 'm', now_ms,
   'd', new_on_hand - on_hand, 'l', limit, 'ttl', ttl_ms, 'x', max_ext, 'r', reason)
+local prefix, sku = string.match(stock_key, '^(.*):{(.*)}:stock$')
+redis.call('PUBLISH', prefix .. ':units-back', sku)
 if idem_key then
   redis.call('SET', idem_key, table.concat({fingerprint, outcome, new_on_hand, held, sold,
     limit, ttl_ms, max_ext}, '|'), 'PX', ARGV[12])

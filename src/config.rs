@@ -13,6 +13,9 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_CUSTOMER_RPS: u32 = 10;
 pub const DEFAULT_REDIS_WAIT_TIMEOUT_MS: u64 = 100;
+/// A gatekeeper's `sold_out` from its own flag is at most this old (ms),
+/// when no message cleared it sooner.
+pub const DEFAULT_SOLD_OUT_CACHE_MS: u64 = 250;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -226,6 +229,22 @@ pub struct ServeConfig {
           value_enum, default_value_t = crate::app::AdmissionMode::Redis)]
     pub admission: crate::app::AdmissionMode,
 
+    /// How long a gatekeeper answers `sold_out` itself once the gate said a
+    /// SKU has 0 available (ms), unless a message says units came back
+    /// first; 0 turns it off (every admission runs the script).
+    #[arg(long, env = "DROPGATE_SOLD_OUT_CACHE_MS", value_name = "DROPGATE_SOLD_OUT_CACHE_MS",
+          default_value_t = DEFAULT_SOLD_OUT_CACHE_MS,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub sold_out_cache_ms: u64,
+
+    /// Admissions of one SKU decided in one script call at most: while a
+    /// call for the SKU is in flight, arrivals queue and go in the next
+    /// call together (no timer); 1 turns batching off.
+    #[arg(long, env = "DROPGATE_ADMIT_BATCH_MAX", value_name = "DROPGATE_ADMIT_BATCH_MAX",
+          default_value_t = crate::gate::DEFAULT_ADMIT_BATCH_MAX,
+          value_parser = parse_admit_batch_max)]
+    pub admit_batch_max: usize,
+
     /// While Redis is unreachable: `reject` admissions (503) or `fallback`
     /// to Postgres-direct admission.
     /// Kept only to refuse `fallback` loudly (see README, "Redis
@@ -330,6 +349,8 @@ impl Default for ServeConfig {
             customer_rps: DEFAULT_CUSTOMER_RPS,
             global_rps: 0,
             admission: crate::app::AdmissionMode::Redis,
+            sold_out_cache_ms: DEFAULT_SOLD_OUT_CACHE_MS,
+            admit_batch_max: crate::gate::DEFAULT_ADMIT_BATCH_MAX,
             redis_down: None,
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: DEFAULT_REDIS_WAIT_TIMEOUT_MS,
@@ -390,6 +411,15 @@ pub fn parse() -> Cli {
             }
             error.exit()
         }
+    }
+}
+
+/// 1..=1024: a batch's keys and arguments stay well inside what one script
+/// call can take.
+fn parse_admit_batch_max(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(format!("{value:?} is not a number from 1 to 1024")),
     }
 }
 

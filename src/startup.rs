@@ -46,6 +46,8 @@ impl Application {
                 let app = connect(&config.stores)
                     .await?
                     .with_replica_wait(config.redis_wait_replicas, config.redis_wait_timeout_ms)
+                    .with_sold_out_cache(Duration::from_millis(config.sold_out_cache_ms))
+                    .with_admit_batch_max(config.admit_batch_max)
                     .with_admission(config.admission);
                 if let Err(error) = crate::rebuild::ensure_gate(&app).await {
                     // Not fatal: the server answers 503 and the next request or the
@@ -118,6 +120,12 @@ impl Application {
         let stop = stop_rx.clone();
         background.push(tokio::spawn(metrics.scope(async move {
             gate.publish_activity_until(stop).await;
+        })));
+        // Units coming back clear this gatekeeper's sold-out flags.
+        let gate = self.state.app.gate.clone();
+        let stop = stop_rx.clone();
+        background.push(tokio::spawn(metrics.scope(async move {
+            gate.follow_units_back_until(stop).await;
         })));
         if !self.config.no_worker {
             let worker = Worker::new(self.state.app.clone(), self.config.worker)?;

@@ -57,6 +57,11 @@ pub mod metric {
     pub const HTTP_REQUEST_DURATION_SECONDS: &str = "dropgate_http_request_duration_seconds";
     /// Histogram, by `script`: one gate script call, round trip included.
     pub const REDIS_SCRIPT_DURATION_SECONDS: &str = "dropgate_redis_script_duration_seconds";
+    /// Histogram: admissions per admission script call (1 when alone).
+    pub const ADMIT_BATCH_SIZE: &str = "dropgate_admit_batch_size";
+    /// Counter: admissions of a SKU known sold out, answered without a
+    /// script call: `sold_out`, or the key's replay (see `gate::sold_out`).
+    pub const ADMISSIONS_AT_EDGE_TOTAL: &str = "dropgate_admissions_at_edge_total";
     /// Counter: admissions answered before enough replicas acknowledged them.
     pub const REDIS_WAIT_SHORT_TOTAL: &str = "dropgate_redis_wait_short_total";
     /// Counter: holds the reaper expired in the gate.

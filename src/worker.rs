@@ -317,8 +317,8 @@ impl Worker {
         let mut acks: BTreeMap<SkuId, Vec<Position>> = BTreeMap::new();
         for entry in delivered.entries {
             let (sku, id) = (entry.sku, entry.position.stream_id());
-            match entry.event {
-                Ok(event) => events.entry(sku.clone()).or_default().push(event),
+            match entry.events {
+                Ok(entry_events) => events.entry(sku.clone()).or_default().extend(entry_events),
                 Err(error) => tracing::error!(%sku, %id, %error, "unreadable event"),
             }
             acks.entry(sku).or_default().push(entry.position);

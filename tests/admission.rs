@@ -48,6 +48,15 @@ async fn two_thousand_concurrent_admissions_for_stock_100_hold_exactly_100() {
         (sku["available"].as_i64(), sku["held"].as_i64()),
         (Some(0), Some(100))
     );
+    // Batched (DROPGATE_ADMIT_BATCH_MAX, on by default) or answered at the
+    // edge once sold out: every admission decided exactly once.
+    let (_, through_scripts) = app
+        .metrics
+        .histogram(dropgate::telemetry::metric::ADMIT_BATCH_SIZE, &[]);
+    let at_edge = app
+        .metrics
+        .counter(dropgate::telemetry::metric::ADMISSIONS_AT_EDGE_TOTAL, &[]);
+    assert_eq!(through_scripts as u64 + at_edge, 2000);
     // The 1900 rejections left no trace: one idempotency record per hold.
     let mut redis = app.redis().await;
     let records: Vec<String> = redis::cmd("KEYS")
@@ -299,5 +308,75 @@ async fn the_global_limit_sheds_load() {
         );
     }
     assert_eq!(statuses, vec![201, 201, 429, 429]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_entry_is_applied_once_even_when_delivered_again() {
+    use dropgate::domain::{
+        CustomerId, HoldId, HoldIdKey, IdempotencyKey, Position, Quantity, SkuId,
+    };
+    use dropgate::gate::{Admit, AdmitBatch, Fenced, MAX_EVENT_BACKLOG};
+    use std::collections::BTreeMap;
+
+    // No background worker: the test applies the stream itself.
+    let mut config = test_config();
+    (config.no_worker, config.no_reconciler) = (true, true);
+    let app = spawn_app_with(config).await;
+    app.create_sku("drop", json!({"on_hand": 10})).await;
+    let sku = SkuId::parse("drop").unwrap();
+    let gate = &app.app.gate;
+    let sku_no = gate.sku_number(&sku).await.unwrap().unwrap();
+    let admissions: Vec<Admit> = (0..3)
+        .map(|i| {
+            Admit::new(
+                sku.clone(),
+                // Serials far above any the app itself issues here.
+                HoldId::issue(
+                    &HoldIdKey::new(b"test"),
+                    (1 << 40) + i,
+                    sku_no,
+                    Quantity::parse(1).unwrap(),
+                ),
+                CustomerId::parse(&format!("c-{i}")).unwrap(),
+                Quantity::parse(1).unwrap(),
+                IdempotencyKey::parse(&format!("k-{i}")).unwrap(),
+            )
+        })
+        .collect();
+    let replies = gate
+        .admit_batch(&AdmitBatch {
+            sku: sku.clone(),
+            admissions,
+            backlog_limit: MAX_EVENT_BACKLOG,
+        })
+        .await
+        .unwrap();
+    assert!(replies.iter().all(|r| matches!(r, Fenced::Open(_))));
+
+    // The entry after the SKU's creation, as a worker reads it; applied, then
+    // delivered again (a worker killed before its XACK).
+    let ledger_sku = app.app.ledger.sku(&sku).await.unwrap().unwrap();
+    let first_position = Position {
+        epoch: ledger_sku.applied.epoch,
+        seq: -1,
+    };
+    let events = gate.events(&sku, first_position, None, 100).await.unwrap();
+    assert_eq!(events.len(), 4, "the creation and three admissions");
+    let batch = BTreeMap::from([(sku.clone(), events)]);
+    let first = app.app.ledger.apply(&batch).await.unwrap();
+    let again = app.app.ledger.apply(&batch).await.unwrap();
+    assert_eq!(
+        (again.applied, again.skipped),
+        (0, first.applied + first.skipped)
+    );
+    assert_eq!(app.ledger_counts("drop").await, (10, 3, 0));
+    let pool = app.pg().await;
+    let admits: i64 = sqlx::query_scalar("SELECT count(*) FROM movements WHERE kind = 'admit'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(admits, 3);
+    pool.close().await;
     app.stop().await;
 }

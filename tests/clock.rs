@@ -10,7 +10,7 @@ mod common;
 
 use common::process::{Dropgate, faketime_library, free_port};
 use common::{
-    ADMIN, STOREFRONT, TestApp, assert_problem, body, expires_at_ms, spawn_app_with, test_config,
+    STOREFRONT, TestApp, assert_problem, body, expires_at_ms, spawn_app_with, test_config,
 };
 use reqwest::Response;
 use serde_json::json;
@@ -30,22 +30,13 @@ struct Skewed {
 impl Skewed {
     fn start(app: &TestApp, faketime: &str) -> Self {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let env = [
-            (
-                "DATABASE_URL",
-                format!("{}/{}", common::PG_BASE, app.database),
-            ),
-            ("REDIS_URL", app.redis_url.clone()),
-            ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
-            ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
-            ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
-            ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
-            ("DROPGATE_LISTEN", listen.to_string()),
+        let mut env = app.child_env(Some(listen));
+        env.extend([
             ("LD_PRELOAD", faketime.to_owned()),
             ("FAKETIME", format!("+{SKEW_S}s")),
             // Timers and timeouts keep the true pace; only the wall clock is off.
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
-        ];
+        ]);
         let process = Dropgate::spawn(
             &["serve", "--no-worker", "--no-reconciler"],
             &env,

@@ -8,7 +8,7 @@
 mod common;
 
 use common::process::{Dropgate, PgProxy, RedisServer, start_redis, start_replica_of};
-use common::{ADMIN, STOREFRONT, TestApp, assert_problem, body, spawn_app_with, test_config};
+use common::{STOREFRONT, TestApp, assert_problem, body, spawn_app_with, test_config};
 use dropgate::domain::{HoldId, HoldIdKey, Position, Quantity, SkuId};
 use dropgate::gate::CONSUMER_GROUP;
 use dropgate::reaper::{self, Reaper};
@@ -43,25 +43,6 @@ async fn admit_ok(app: &TestApp, sku: &str, key: &str) -> String {
 async fn assert_audit_passes(app: &TestApp) {
     let report = dropgate::audit::audit(&app.app).await.expect("audit runs");
     assert!(report.ok(), "{}", report.table());
-}
-
-/// Env for a dropgate child process sharing `app`'s stores.
-fn child_env(app: &TestApp, listen: Option<std::net::SocketAddr>) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        (
-            "DATABASE_URL",
-            format!("{}/{}", common::PG_BASE, app.database),
-        ),
-        ("REDIS_URL", app.redis_url.clone()),
-        ("DROPGATE_KEY_PREFIX", app.prefix.clone()),
-        ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
-        ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
-        ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
-    ];
-    if let Some(addr) = listen {
-        env.push(("DROPGATE_LISTEN", addr.to_string()));
-    }
-    env
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -364,7 +345,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
         .execute(&mut *row_lock)
         .await
         .unwrap();
-    let worker = Dropgate::spawn(&["worker"], &child_env(&app, None), None);
+    let worker = Dropgate::spawn(&["worker"], &app.child_env(None), None);
     wait_for(
         "the worker to read the batch and wait in its commit",
         async || {
@@ -438,7 +419,7 @@ async fn a_server_killed_mid_drop_keeps_every_hold_it_answered() {
     let app = spawn_app_with(config).await;
     app.create_sku("drop", json!({"on_hand": 3000})).await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
-    let server = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+    let server = Dropgate::spawn(&["serve"], &app.child_env(Some(listen)), Some(listen));
 
     let url = format!("http://{listen}/v1/skus/drop/holds");
     let held = Arc::new(AtomicU64::new(0));
@@ -590,7 +571,7 @@ async fn confirm_release_and_expiry_race_across_processes() {
     app.create_sku("drop", json!({"on_hand": n, "hold_ttl_ms": 60000}))
         .await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], common::process::free_port()));
-    let other = Dropgate::spawn(&["serve"], &child_env(&app, Some(listen)), Some(listen));
+    let other = Dropgate::spawn(&["serve"], &app.child_env(Some(listen)), Some(listen));
 
     let admitted: Vec<serde_json::Value> = join_all((0..n).map(|i| {
         let app = &app;

@@ -12,8 +12,8 @@ use dropgate::domain::{
     Stock,
 };
 use dropgate::gate::{
-    Admit, CONSUMER_GROUP, Expire, Expired, Extend, Fenced, Gate, GateError, GateHold, SetSku,
-    Settle, Settlement, SkuChange, StockChange, Transition,
+    Admit, AdmitBatch, AdmitReply, CONSUMER_GROUP, Expire, Expired, Extend, Fenced, Gate,
+    GateError, GateHold, SetSku, Settle, Settlement, SkuChange, StockChange, Transition,
 };
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -950,6 +950,162 @@ async fn a_rejected_key_is_decided_afresh_and_only_holds_replay() {
     lab.finish().await;
 }
 
+/// An admission's outcome without what depends on the moment it was
+/// decided (expiry, Retry-After).
+fn timeless(admission: Admission) -> Admission {
+    match admission {
+        Admission::Held { hold_id, .. } => Admission::Held {
+            hold_id,
+            expires_at_ms: 0,
+        },
+        Admission::Replayed(first) => Admission::Replayed(Box::new(timeless(*first))),
+        Admission::SoldOut { retry_after_ms } => Admission::SoldOut {
+            retry_after_ms: retry_after_ms.map(|_| 0),
+        },
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_gives_each_admission_the_outcome_it_gets_alone_in_one_entry() {
+    let settings = SkuSettings {
+        on_hand: 4,
+        per_customer_limit: 2,
+        ..SETTINGS
+    };
+    let (mut batched, alone) = (Lab::new().await, Lab::new().await);
+    batched.create(settings).await;
+    alone.create(settings).await;
+    let requests: Vec<Admit> = [
+        ("k1", "alice", 1, "fp-a1"),
+        ("k1", "alice", 1, "fp-a1"), // a replay inside the batch
+        ("k1", "alice", 2, "fp-a2"), // the key reused
+        ("k2", "alice", 2, "fp-a2"), // over alice's limit
+        ("k3", "bob", 2, "fp-b2"),
+        ("k4", "carol", 2, "fp-c2"), // one unit left: sold out
+        ("k5", "carol", 1, "fp-c1"), // the last unit
+        ("k6", "dave", 1, "fp-d1"),  // none left
+        ("k3", "bob", 2, "fp-b2"),   // bob's hold replays
+    ]
+    .into_iter()
+    .map(|(key, customer, qty, fingerprint)| Admit {
+        fingerprint: fingerprint.to_owned(),
+        ..batched.admit_req(key, customer, qty)
+    })
+    .collect();
+
+    let replies = batched
+        .gate
+        .admit_batch(&AdmitBatch {
+            sku: batched.sku.clone(),
+            admissions: requests.clone(),
+            backlog_limit: NO_BACKLOG_LIMIT,
+        })
+        .await
+        .expect("admit_batch runs");
+    let mut each_alone = Vec::new();
+    for request in &requests {
+        each_alone.push(alone.admit(request).await);
+    }
+
+    let outcomes = |replies: Vec<Fenced<Admission>>| -> Vec<Admission> {
+        replies
+            .into_iter()
+            .map(|reply| timeless(reply.open().expect("open")))
+            .collect()
+    };
+    let batched_outcomes = outcomes(
+        replies
+            .iter()
+            .map(|reply| match reply {
+                Fenced::Open(AdmitReply { admission, .. }) => Fenced::Open(admission.clone()),
+                Fenced::Closed => Fenced::Closed,
+            })
+            .collect(),
+    );
+    assert_eq!(batched_outcomes, outcomes(each_alone));
+    let held = |i: usize| Admission::Held {
+        hold_id: requests[i].hold_id,
+        expires_at_ms: 0,
+    };
+    assert_eq!(
+        batched_outcomes,
+        [
+            held(0),
+            Admission::Replayed(Box::new(held(0))),
+            Admission::KeyReused,
+            Admission::LimitExceeded {
+                limit: 2,
+                already: 1
+            },
+            held(4),
+            Admission::SoldOut {
+                retry_after_ms: Some(0)
+            },
+            held(6),
+            Admission::SoldOut {
+                retry_after_ms: Some(0)
+            },
+            Admission::Replayed(Box::new(held(4))),
+        ]
+    );
+    assert!(matches!(
+        replies[7],
+        Fenced::Open(AdmitReply {
+            none_left: true,
+            ..
+        })
+    ));
+    assert!(matches!(
+        replies[5],
+        Fenced::Open(AdmitReply {
+            none_left: false,
+            ..
+        })
+    ));
+    assert_eq!(batched.counters().await, [4, 4, 0]);
+
+    // One stream entry for the batch, read back as its three admissions in
+    // order, each as admit.lua writes it.
+    assert_eq!(batched.xlen().await, 2);
+    let events = batched
+        .gate
+        .events(&batched.sku, position(0), None, 10)
+        .await
+        .expect("events");
+    let admitted: Vec<(HoldId, String, i64)> = events
+        .iter()
+        .map(|event| match &event.change {
+            dropgate::domain::Change::Admit {
+                hold_id,
+                customer_id,
+                quantity,
+                ..
+            } => (*hold_id, customer_id.clone(), *quantity),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        admitted,
+        [
+            (requests[0].hold_id, "alice".to_owned(), 1),
+            (requests[4].hold_id, "bob".to_owned(), 2),
+            (requests[6].hold_id, "carol".to_owned(), 1),
+        ]
+    );
+    assert!(events.iter().all(|e| e.position == position(1)));
+    assert_eq!(
+        events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        [
+            requests[0].event_id,
+            requests[4].event_id,
+            requests[6].event_id
+        ]
+    );
+    batched.finish().await;
+    alone.finish().await;
+}
+
 #[tokio::test]
 async fn admit_for_a_missing_sku_writes_nothing() {
     let mut lab = Lab::new().await;
@@ -1499,10 +1655,9 @@ async fn trim_drops_acknowledged_entries_and_keeps_pending_and_undelivered_ones(
         let deliveries = read.entries;
         for delivery in &deliveries {
             assert_eq!(delivery.sku, skus[0]);
-            assert_eq!(
-                delivery.event.as_ref().map(|e| e.position).ok(),
-                Some(delivery.position)
-            );
+            let events = delivery.events.as_ref().expect("readable");
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].position, delivery.position);
         }
         deliveries.iter().map(|d| d.position.stream_id()).collect()
     };

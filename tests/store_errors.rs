@@ -8,85 +8,25 @@
 
 mod common;
 
+use common::process::RedisServer;
 use common::{TestApp, assert_problem, body, spawn_app_with, test_config};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 const SKU: &str = "drop";
 
-/// A redis-server of this test's own, with its data directory in /tmp.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(extra: &[&str]) -> Self {
-        let port = common::process::free_port();
-        let dir = std::env::temp_dir().join(format!("dropgate-redis-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            port,
-            dir,
-            child: None,
-        };
-        server.spawn(extra);
-        server
+/// One command on a connection of its own.
+fn cmd(server: &RedisServer, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut conn = redis::Client::open(server.url())?.get_connection()?;
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
     }
-
-    fn spawn(&mut self, extra: &[&str]) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let started = Instant::now();
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// One command on a connection of its own.
-    fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let mut conn = redis::Client::open(self.url())?.get_connection()?;
-        let mut command = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query(&mut conn)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    command.query(&mut conn)
 }
 
 /// A TCP proxy whose target can move, as a DNS name or a virtual IP moves
@@ -192,12 +132,14 @@ async fn held_everywhere(app: &TestApp) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
-    let redis = PrivateRedis::start(&["--maxmemory-policy", "noeviction"]);
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"])
+        .await
+        .expect("redis-server starts");
     let app = app_on(redis.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     let oom_before = redis_errors(&app, "oom").await;
 
-    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    cmd(&redis, &["CONFIG", "SET", "maxmemory", "1"]).unwrap();
     let refused = ["oom-1", "oom-2", "oom-3"];
     for key in refused {
         assert_unavailable(app.admit(SKU, key, key, 1).await).await;
@@ -215,7 +157,7 @@ async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
     );
     assert!(redis_errors(&app, "oom").await >= oom_before + 3);
 
-    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+    cmd(&redis, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
     wait_until_ready(&app, Duration::from_secs(10)).await;
     // The refused admissions stored nothing: their keys are decided afresh.
     for key in refused {
@@ -229,26 +171,33 @@ async fn out_of_memory_answers_503_and_readyz_follows_until_memory_is_raised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_primary_answers_503_and_a_failover_is_followed() {
-    let primary = PrivateRedis::start(&[]);
-    let replica = PrivateRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
-    let proxy = MovableProxy::start(primary.port).await;
+    let primary = RedisServer::start_with(&[])
+        .await
+        .expect("redis-server starts");
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()])
+            .await
+            .expect("redis-server starts");
+    let proxy = MovableProxy::start(primary.port()).await;
     let app = app_on(proxy.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     // Everything written so far is on the replica.
     let started = Instant::now();
-    while primary.cmd(&["WAIT", "1", "1000"]).unwrap() != redis::Value::Int(1) {
+    while cmd(&primary, &["WAIT", "1", "1000"]).unwrap() != redis::Value::Int(1) {
         assert!(started.elapsed() < Duration::from_secs(20), "replica sync");
     }
 
     // Failover: the replica is promoted, the old primary demoted under it.
-    replica.cmd(&["REPLICAOF", "NO", "ONE"]).unwrap();
-    primary
-        .cmd(&["REPLICAOF", "127.0.0.1", &replica.port.to_string()])
-        .unwrap();
+    cmd(&replica, &["REPLICAOF", "NO", "ONE"]).unwrap();
+    cmd(
+        &primary,
+        &["REPLICAOF", "127.0.0.1", &replica.port().to_string()],
+    )
+    .unwrap();
     // Once synced it answers READONLY to writes (LOADING while it syncs).
     let started = Instant::now();
     while !matches!(
-        primary.cmd(&["INFO", "replication"]),
+        cmd(&primary, &["INFO", "replication"]),
         Ok(redis::Value::BulkString(info)) if String::from_utf8_lossy(&info).contains("master_link_status:up")
     ) {
         assert!(started.elapsed() < Duration::from_secs(20), "demoted sync");
@@ -266,7 +215,7 @@ async fn a_demoted_primary_answers_503_and_a_failover_is_followed() {
     // The address now leads to the new primary. The connection opened after
     // the last READONLY still goes to the old one; one more READONLY at most
     // moves it.
-    proxy.point_to(replica.port);
+    proxy.point_to(replica.port());
     let mut statuses = Vec::new();
     for attempt in 0..3 {
         let status = admit_status(&app, &format!("after-{attempt}")).await;
@@ -286,26 +235,32 @@ async fn a_demoted_primary_answers_503_and_a_failover_is_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_loading_its_dataset_answers_503_and_readyz_follows() {
-    let mut redis = PrivateRedis::start(&[]);
+    let mut redis = RedisServer::start_with(&[])
+        .await
+        .expect("redis-server starts");
     let app = app_on(redis.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     app.wait_for_ledger(SKU).await;
     // Enough data, loaded slowly enough, for a window of several seconds.
-    redis
-        .cmd(&[
+    cmd(
+        &redis,
+        &[
             "EVAL",
             "for i = 1, 20000 do redis.call('SET', 'filler:' .. i, i) end return 1",
             "0",
+        ],
+    )
+    .unwrap();
+    cmd(&redis, &["SAVE"]).unwrap();
+    redis
+        .reload_with(&[
+            "--key-load-delay",
+            "500",
+            "--loading-process-events-interval-bytes",
+            "1024",
         ])
-        .unwrap();
-    redis.cmd(&["SAVE"]).unwrap();
-    redis.stop();
-    redis.spawn(&[
-        "--key-load-delay",
-        "500",
-        "--loading-process-events-interval-bytes",
-        "1024",
-    ]);
+        .await
+        .expect("redis-server reloads");
     let loading_before = redis_errors(&app, "loading").await;
 
     assert_unavailable(app.admit(SKU, "loading-1", "loading-1", 1).await).await;
@@ -322,7 +277,9 @@ async fn a_redis_loading_its_dataset_answers_503_and_readyz_follows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
-    let redis = PrivateRedis::start(&["--busy-reply-threshold", "100"]);
+    let redis = RedisServer::start_with(&["--busy-reply-threshold", "100"])
+        .await
+        .expect("redis-server starts");
     let app = app_on(redis.url()).await;
     assert_eq!(admit_status(&app, "before").await, 201);
     app.wait_for_ledger(SKU).await;
@@ -337,7 +294,7 @@ async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
             .query(&mut conn);
     });
     let started = Instant::now();
-    while !matches!(redis.cmd(&["PING"]), Err(e) if e.code() == Some("BUSY")) {
+    while !matches!(cmd(&redis, &["PING"]), Err(e) if e.code() == Some("BUSY")) {
         assert!(started.elapsed() < Duration::from_secs(10), "never busy");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -348,7 +305,7 @@ async fn a_redis_busy_in_a_script_answers_503_until_it_is_killed() {
     assert_eq!(ready["redis"], "busy running a script");
     assert!(redis_errors(&app, "busy").await >= 1);
 
-    redis.cmd(&["SCRIPT", "KILL"]).unwrap();
+    cmd(&redis, &["SCRIPT", "KILL"]).unwrap();
     runaway.join().unwrap();
     wait_until_ready(&app, Duration::from_secs(10)).await;
     assert_eq!(admit_status(&app, "busy-1").await, 201);

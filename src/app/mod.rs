@@ -135,6 +135,19 @@ impl Dropgate {
             .unwrap_or_default()
     }
 
+    /// Lets the gate answer `sold_out` itself for a SKU it said has 0
+    /// available, for at most `max_age` (see `gate::SoldOutCache`).
+    pub fn with_sold_out_cache(mut self, max_age: std::time::Duration) -> Self {
+        self.gate = self.gate.with_sold_out_cache(max_age);
+        self
+    }
+
+    /// Admissions of one SKU per script call at most (see `gate::batcher`).
+    pub fn with_admit_batch_max(mut self, max: usize) -> Self {
+        self.gate = self.gate.with_admit_batch_max(max);
+        self
+    }
+
     pub fn with_admission(mut self, admission: AdmissionMode) -> Self {
         self.admission = admission;
         self

@@ -75,6 +75,40 @@ impl RedisServer {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let dir = TempDir::create(&std::env::temp_dir(), "redis")?;
+        let mut guard = self.spawn(dir, &[])?;
+        let addr = self.addr();
+        wait_until_ready(&mut guard, START_TIMEOUT, || pings(addr, PROBE_TIMEOUT)).await?;
+        self.running = Some(guard);
+        Ok(())
+    }
+
+    /// Kills the server as a crash would and starts it again on the same
+    /// port and directory with `extra` arguments as well, so it loads what
+    /// was saved there (`SAVE`). Returns once the port takes connections,
+    /// which may be while Redis still answers `-LOADING`.
+    pub async fn reload_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let ServiceGuard {
+            mut process, dir, ..
+        } = self.running.take().context("redis-server is not running")?;
+        let _ = process.child.kill();
+        let _ = process.child.wait();
+        drop(process);
+        let mut guard = self.spawn(dir, extra)?;
+        let addr = self.addr();
+        wait_until_ready(&mut guard, START_TIMEOUT, || async move {
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await?;
+        self.running = Some(guard);
+        Ok(())
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A redis-server in `dir` with the defaults, `self.extra` and `more`.
+    fn spawn(&self, dir: TempDir, more: &[&str]) -> anyhow::Result<ServiceGuard> {
         let log = dir.path().join("redis.log");
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--port")
@@ -86,10 +120,11 @@ impl RedisServer {
             .arg("--dir")
             .arg(dir.path())
             .args(&self.extra)
+            .args(more)
             .current_dir(dir.path());
         let child =
             spawn_logged(cmd, &log).with_context(|| format!("starting {}", self.bin.display()))?;
-        let mut guard = ServiceGuard {
+        Ok(ServiceGuard {
             process: ProcessGuard {
                 name: "redis-server",
                 child,
@@ -98,11 +133,7 @@ impl RedisServer {
             },
             log,
             dir,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_until_ready(&mut guard, START_TIMEOUT, || pings(addr, PROBE_TIMEOUT)).await?;
-        self.running = Some(guard);
-        Ok(())
+        })
     }
 
     /// SIGKILL, as a crash would: Redis loses everything it had.

@@ -55,8 +55,17 @@ impl Admit {
     }
 }
 
+/// What admit.lua answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmitReply {
+    pub admission: Admission,
+    /// The SKU has 0 available (with `sold_out`): a gatekeeper may answer
+    /// the next admissions itself (see `sold_out`).
+    pub none_left: bool,
+}
+
 impl Script for Admit {
-    type Reply = Fenced<Admission>;
+    type Reply = Fenced<AdmitReply>;
 
     fn name(&self) -> &'static str {
         "admit"
@@ -85,41 +94,53 @@ impl Script for Admit {
     }
 
     fn decode(&self, reply: Value) -> Result<Self::Reply, GateError> {
-        let reply = Fields::parse(self.name(), reply)?;
-        Ok(Fenced::Open(match reply.outcome()?.as_str() {
-            "held" => Admission::Held {
-                hold_id: HoldId::parse(&reply.text("hold_id")?)
-                    .ok_or_else(|| GateError::protocol("admit: bad hold_id"))?,
-                expires_at_ms: reply.int("expires_at_ms")?,
-            },
-            "replay" => {
-                let record = reply.text("record")?;
-                let first = decode_outcome(&record).ok_or_else(|| {
-                    GateError::protocol(format!("bad idempotency record {record:?}"))
-                })?;
-                Admission::Replayed(Box::new(first))
-            }
-            "reused" => Admission::KeyReused,
-            "sold_out" => Admission::sold_out(reply.int("retry_after_ms")?),
-            "limit" => Admission::LimitExceeded {
-                limit: reply.int("limit")?,
-                already: reply.int("already")?,
-            },
-            "no_sku" => Admission::UnknownSku,
-            "backlog" => Admission::Backlogged,
-            "closed" => return Ok(Fenced::Closed),
-            _ => return Err(reply.unexpected()),
-        }))
+        decode(Fields::parse(self.name(), reply)?)
     }
 
     /// Only a new hold appends an event; it falls due at its expiry.
     fn activity(&self, reply: &Self::Reply) -> Option<Activity<'_>> {
         match reply {
-            Fenced::Open(Admission::Held { expires_at_ms, .. }) => Some(Activity {
+            Fenced::Open(AdmitReply {
+                admission: Admission::Held { expires_at_ms, .. },
+                ..
+            }) => Some(Activity {
                 sku: &self.sku,
                 due_ms: Some(*expires_at_ms),
             }),
             _ => None,
         }
     }
+}
+
+/// An admission's reply, as admit.lua and each of admit_batch.lua's give it.
+pub(super) fn decode(reply: Fields) -> Result<Fenced<AdmitReply>, GateError> {
+    let outcome = reply.outcome()?;
+    let none_left = outcome == "sold_out" && reply.int("available")? <= 0;
+    let admission = match outcome.as_str() {
+        "held" => Admission::Held {
+            hold_id: HoldId::parse(&reply.text("hold_id")?)
+                .ok_or_else(|| GateError::protocol("admit: bad hold_id"))?,
+            expires_at_ms: reply.int("expires_at_ms")?,
+        },
+        "replay" => {
+            let record = reply.text("record")?;
+            let first = decode_outcome(&record)
+                .ok_or_else(|| GateError::protocol(format!("bad idempotency record {record:?}")))?;
+            Admission::Replayed(Box::new(first))
+        }
+        "reused" => Admission::KeyReused,
+        "sold_out" => Admission::sold_out(reply.int("retry_after_ms")?),
+        "limit" => Admission::LimitExceeded {
+            limit: reply.int("limit")?,
+            already: reply.int("already")?,
+        },
+        "no_sku" => Admission::UnknownSku,
+        "backlog" => Admission::Backlogged,
+        "closed" => return Ok(Fenced::Closed),
+        _ => return Err(reply.unexpected()),
+    };
+    Ok(Fenced::Open(AdmitReply {
+        admission,
+        none_left,
+    }))
 }

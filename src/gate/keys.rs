@@ -76,6 +76,12 @@ impl<'a> Keys<'a> {
         format!("{}:due", self.prefix)
     }
 
+    /// Pub/sub channel: SKUs whose units came back, published by the
+    /// scripts that return units (see `sold_out`).
+    pub(super) fn units_back(self) -> String {
+        format!("{}:units-back", self.prefix)
+    }
+
     /// Present while the gate is built; its value is the gate epoch. Redis
     /// losing its data loses this key first-class, which is how we notice.
     pub(super) fn gate(self) -> String {

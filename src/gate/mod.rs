@@ -22,6 +22,8 @@
 
 mod activity;
 mod admit;
+mod admit_batch;
+mod batcher;
 mod connection;
 mod expire;
 mod extend;
@@ -34,11 +36,14 @@ mod script;
 mod set_sku;
 mod settle;
 mod snapshot;
+mod sold_out;
 mod stream;
 mod trim;
 
 pub use activity::{Activity, ActivityCursor, PUBLISH_INTERVAL};
-pub use admit::Admit;
+pub use admit::{Admit, AdmitReply};
+pub use admit_batch::AdmitBatch;
+pub use batcher::DEFAULT_ADMIT_BATCH_MAX;
 pub use connection::{GateConnection, Trouble};
 pub use expire::{Expire, Expired};
 pub use extend::Extend;
@@ -49,6 +54,7 @@ pub use script::{Fenced, Script};
 pub use set_sku::{SetSku, SkuChange, StockChange};
 pub use settle::{Settle, Settlement, Transition};
 pub use snapshot::{Snapshot, TakeSnapshot};
+pub use sold_out::SoldOutCache;
 pub use stream::{Consumer, Deliveries, Delivery};
 pub use trim::{Trim, Trimmed};
 
@@ -76,6 +82,16 @@ pub enum GateError {
     /// A rebuild was asked of a SKU that was not closed first.
     #[error("SKU {0} is open: close it before rebuilding it")]
     NotClosed(SkuId),
+    /// The batch call this admission was part of failed.
+    #[error("admission batch: {0}")]
+    Batch(Arc<GateError>),
+    /// The batch call that carried this admission never answered (its task
+    /// failed): whether it was decided is unknown.
+    #[error("the call carrying this admission was abandoned")]
+    Abandoned,
+    /// Too many admissions wait for one SKU.
+    #[error("too many admissions waiting for one SKU")]
+    Overloaded,
 }
 
 impl GateError {
@@ -92,6 +108,8 @@ impl GateError {
                     || e.is_connection_refusal()
                     || Trouble::of(e).is_some()
             }
+            Self::Batch(e) => e.is_unavailable(),
+            Self::Abandoned | Self::Overloaded => true,
             Self::Protocol(_) | Self::NotClosed(_) => false,
         }
     }
@@ -101,7 +119,8 @@ impl GateError {
     pub fn trouble(&self) -> Option<Trouble> {
         match self {
             Self::Redis(e) => Trouble::of(e),
-            Self::Protocol(_) | Self::NotClosed(_) => None,
+            Self::Batch(e) => e.trouble(),
+            Self::Protocol(_) | Self::NotClosed(_) | Self::Abandoned | Self::Overloaded => None,
         }
     }
 
@@ -130,6 +149,11 @@ pub struct Gate {
     /// What the scripts run here left for the background services, until
     /// published (see `activity`).
     activity: Arc<activity::ActivityLog>,
+    /// SKUs this gatekeeper knows sold out (see `sold_out`); off unless
+    /// [`with_sold_out_cache`](Gate::with_sold_out_cache).
+    sold_out: Arc<SoldOutCache>,
+    /// Admissions queued per SKU behind the call in flight (see `batcher`).
+    batcher: Arc<batcher::Batcher>,
 }
 
 fn connection_config(timeout: Duration) -> ConnectionManagerConfig {
@@ -153,7 +177,24 @@ impl Gate {
             prefix: prefix.into(),
             sku_names: Arc::default(),
             activity: Arc::default(),
+            sold_out: Arc::default(),
+            batcher: Arc::default(),
         })
+    }
+
+    /// Admissions per script call at most (see `batcher`); 1 turns
+    /// batching off.
+    pub fn with_admit_batch_max(mut self, max: usize) -> Self {
+        self.batcher = Arc::new(batcher::Batcher::new(max));
+        self
+    }
+
+    /// Answers `sold_out` for a SKU the gate said has 0 available, for at
+    /// most `max_age` (zero: never) or until its units come back; needs
+    /// [`follow_units_back_until`](Gate::follow_units_back_until) running.
+    pub fn with_sold_out_cache(mut self, max_age: Duration) -> Self {
+        self.sold_out = Arc::new(SoldOutCache::new(max_age));
+        self
     }
 
     fn keys(&self) -> Keys<'_> {
@@ -195,16 +236,52 @@ impl Gate {
 
     // ---- the scripts ----
 
+    /// Admits with the script, or answers `sold_out` (or the key's replay)
+    /// at the edge for a SKU known to have 0 available (see `sold_out`).
     pub async fn admit(&self, request: &Admit) -> Result<Fenced<Admission>, GateError> {
+        if let Some(answer) = self
+            .admit_at_edge(&request.sku, request.key.as_str(), &request.fingerprint)
+            .await?
+        {
+            return Ok(Fenced::Open(answer));
+        }
+        let generation = self.sold_out.generation();
+        Ok(match self.admit_batched(request).await? {
+            Fenced::Open(admitted) => {
+                if let (Admission::SoldOut { retry_after_ms }, true) =
+                    (&admitted.admission, admitted.none_left)
+                {
+                    self.sold_out
+                        .flag(&request.sku, *retry_after_ms, generation);
+                }
+                Fenced::Open(admitted.admission)
+            }
+            Fenced::Closed => Fenced::Closed,
+        })
+    }
+
+    /// Runs one batch of admissions as it is (see `batcher` for how
+    /// [`admit`](Gate::admit) forms them).
+    pub async fn admit_batch(
+        &self,
+        request: &AdmitBatch,
+    ) -> Result<Vec<Fenced<AdmitReply>>, GateError> {
         self.run(request).await
     }
 
     pub async fn settle(&self, request: &Settle) -> Result<Fenced<Transition>, GateError> {
-        self.run(request).await
+        // A release brings units back; a confirm changes what Retry-After
+        // may promise. Either way this gatekeeper's flag goes.
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
+    /// Extends a hold (or expires it, when it is past due).
     pub async fn extend(&self, request: &Extend) -> Result<Fenced<Transition>, GateError> {
-        self.run(request).await
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
     /// Runs a client's hold operation (confirm, release or extend).
@@ -227,11 +304,15 @@ impl Gate {
     }
 
     pub async fn expire(&self, request: &Expire) -> Result<Fenced<Expired>, GateError> {
-        self.run(request).await
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
     pub async fn set_sku(&self, request: &SetSku) -> Result<Fenced<SkuChange>, GateError> {
-        self.run(request).await
+        let reply = self.run(request).await;
+        self.sold_out.units_back(&request.sku);
+        reply
     }
 
     /// A SKU's counters and stream position, read atomically; `None` when
@@ -248,12 +329,15 @@ impl Gate {
         snapshot: &Snapshot,
         stock: Stock,
     ) -> Result<Fenced<bool>, GateError> {
-        self.run(&Repair {
-            sku: sku.clone(),
-            snapshot: *snapshot,
-            stock,
-        })
-        .await
+        let reply = self
+            .run(&Repair {
+                sku: sku.clone(),
+                snapshot: *snapshot,
+                stock,
+            })
+            .await;
+        self.sold_out.units_back(sku);
+        reply
     }
 
     /// Marks a hold the ledger refused as lost; returns its former state
@@ -263,11 +347,14 @@ impl Gate {
         sku: &SkuId,
         hold_id: HoldId,
     ) -> Result<Fenced<Option<HoldState>>, GateError> {
-        self.run(&Lose {
-            sku: sku.clone(),
-            hold_id,
-        })
-        .await
+        let reply = self
+            .run(&Lose {
+                sku: sku.clone(),
+                hold_id,
+            })
+            .await;
+        self.sold_out.units_back(sku);
+        reply
     }
 
     /// Drops acknowledged entries from a SKU's stream; says how many, and

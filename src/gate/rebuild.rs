@@ -195,9 +195,14 @@ impl Gate {
             .ignore()
             .del(&closed)
             .ignore()
+            // Its stock is the ledger's now: whatever a gatekeeper
+            // remembered of it (sold out) is forgotten.
+            .publish(k.units_back(), id.as_str())
+            .ignore()
             .query_async(&mut conn)
             .await?;
         self.remember(sku.sku_no, id.clone());
+        self.sold_out.units_back(id);
         // The due set may have gone with the data that made the rebuild
         // necessary: tell the reaper about the live holds written here.
         if let Some(first_due) = sku.holds.iter().map(|h| h.expires_at_ms).min() {

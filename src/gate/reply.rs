@@ -159,7 +159,37 @@ impl GateHold {
 }
 
 /// Parses one stream entry written by the scripts.
-pub(super) fn event(stream_id: &str, fields: &HashMap<String, Value>) -> Result<Event, GateError> {
+/// The events of one stream entry: one, or a batch of admissions
+/// (admit_batch.lua's `admits` entry, its fields suffixed 1..n), in order.
+/// They share the entry's position; the ledger applies an entry whole.
+pub(super) fn events(
+    stream_id: &str,
+    fields: &HashMap<String, Value>,
+) -> Result<Vec<Event>, GateError> {
+    let bad = |what: &str| GateError::protocol(format!("stream entry {stream_id}: bad {what}"));
+    if fields.get("t").and_then(text).as_deref() != Some("admits") {
+        return Ok(vec![event(stream_id, fields)?]);
+    }
+    let count = fields.get("n").and_then(int).ok_or_else(|| bad("n"))?;
+    (1..=count)
+        .map(|j| {
+            let mut one: HashMap<String, Value> = ["i", "h", "c", "q", "e", "k", "f"]
+                .iter()
+                .filter_map(|name| {
+                    let value = fields.get(&format!("{name}{j}"))?;
+                    Some(((*name).to_owned(), value.clone()))
+                })
+                .collect();
+            one.insert("t".to_owned(), Value::SimpleString("admit".to_owned()));
+            if let Some(at) = fields.get("m") {
+                one.insert("m".to_owned(), at.clone());
+            }
+            event(stream_id, &one)
+        })
+        .collect()
+}
+
+fn event(stream_id: &str, fields: &HashMap<String, Value>) -> Result<Event, GateError> {
     let bad = |what: &str| GateError::protocol(format!("stream entry {stream_id}: bad {what}"));
     let get = |name: &str| fields.get(name).and_then(text).ok_or_else(|| bad(name));
     let get_int = |name: &str| fields.get(name).and_then(int).ok_or_else(|| bad(name));

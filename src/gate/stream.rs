@@ -31,11 +31,11 @@ impl Gate {
             .clone()
             .xrange_count(self.keys().events(sku), after_bound(after), end, count)
             .await?;
-        reply
-            .ids
-            .iter()
-            .map(|entry| reply::event(&entry.id, &entry.map))
-            .collect()
+        let mut events = Vec::with_capacity(reply.ids.len());
+        for entry in &reply.ids {
+            events.extend(reply::events(&entry.id, &entry.map)?);
+        }
+        Ok(events)
     }
 
     /// Entries in each SKU's stream, in `skus` order: events not yet
@@ -82,8 +82,9 @@ pub struct Delivery {
     pub sku: SkuId,
     /// Where the entry sits; what [`Consumer::ack`] takes.
     pub position: Position,
-    /// The event, or why the entry could not be read as one.
-    pub event: Result<Event, GateError>,
+    /// The entry's events (one, or a batch of admissions), or why the
+    /// entry could not be read.
+    pub events: Result<Vec<Event>, GateError>,
 }
 
 /// What a group read or a claim delivered.
@@ -247,6 +248,6 @@ fn delivery(sku: SkuId, entry: &StreamId) -> Result<Delivery, GateError> {
     Ok(Delivery {
         sku,
         position,
-        event: reply::event(&entry.id, &entry.map),
+        events: reply::events(&entry.id, &entry.map),
     })
 }

@@ -258,12 +258,17 @@ impl Ledger {
                 .get(&id)
                 .map(|v| v.iter().collect())
                 .unwrap_or_default();
+            // Stable: the events of one entry (a batch of admissions) keep
+            // their order.
             events.sort_by_key(|e| e.position);
+            // Entries are applied whole, so an entry at or before the
+            // position the ledger had is a replay, every event of it.
+            let applied_before = sku.applied;
             for event in events {
                 // Older epochs are fenced off: those events were written by a
                 // gate since rebuilt from this ledger, which never had them.
                 if by_position {
-                    if event.position <= sku.applied {
+                    if event.position <= applied_before {
                         report.skipped += 1;
                         continue;
                     }

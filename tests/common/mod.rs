@@ -164,6 +164,23 @@ impl TestApp {
             .expect("test database")
     }
 
+    /// Environment for a dropgate child process sharing this app's stores
+    /// and tokens, serving on `listen` when given.
+    pub fn child_env(&self, listen: Option<SocketAddr>) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("DATABASE_URL", format!("{PG_BASE}/{}", self.database)),
+            ("REDIS_URL", self.redis_url.clone()),
+            ("DROPGATE_KEY_PREFIX", self.prefix.clone()),
+            ("DROPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
+            ("DROPGATE_STOREFRONT_TOKENS", STOREFRONT.to_owned()),
+            ("DROPGATE_CUSTOMER_RPS", "0".to_owned()),
+        ];
+        if let Some(addr) = listen {
+            env.push(("DROPGATE_LISTEN", addr.to_string()));
+        }
+        env
+    }
+
     /// One integer from the test's ledger (a `count(*)` or a `sum`).
     pub async fn count(&self, sql: &'static str) -> i64 {
         let pool = self.pg().await;
