@@ -2,7 +2,7 @@
 // Admissions arrive at RATE/s (open model) for the whole run. The run is
 // ROUNDS rounds of phases of PHASE_S seconds each: a quiet phase (nobody on
 // the dashboard), a viewed phase (VIEWERS viewers polling GET /v1/dashboard
-// POLL_HZ times a second each, as the dashboard page does) and, with
+// POLL_HZ times a second each; the page polls once a second) and, with
 // CONTROL=1, a control phase (as many GET /healthz a second: what that many
 // extra requests cost the HTTP stack and the load generator alone, on a
 // machine they share). Admissions are tagged phase:quiet, phase:viewed or
@@ -13,10 +13,12 @@
 //
 // Environment:
 //   BASE_URL, STOREFRONT_TOKEN(S), CUSTOMER_SPACE, QUANTITY, OUT_DIR — see lib.js
+//   OPS_URL           where viewers and the control phase poll    (default BASE_URL;
+//                     the runner gives DROPGATE_OPS_LISTEN's address)
 //   SKUS              default dash (the runner seeds STOCK 100000000)
 //   RATE              admissions per second, all phases          (default 1000)
 //   VIEWERS           dashboard viewers in a viewed phase         (default 50; 0 = none)
-//   POLL_HZ           polls per second per viewer                 (default 5)
+//   POLL_HZ           polls per second per viewer                 (default 1, as the page)
 //   PHASE_S           seconds per phase                           (default 10)
 //   ROUNDS            quiet, viewed (, control) rounds            (default 2)
 //   CONTROL           1: add the /healthz control phase           (default 1)
@@ -34,6 +36,7 @@ import {
   commonThresholds,
   envFloat,
   envInt,
+  envStr,
   metrics,
   newIdempotencyKey,
   pick,
@@ -45,7 +48,8 @@ import {
 const cfg = baseConfig({ scenario: 'dashboard', skus: 'dash', customerSpace: 10000000 });
 const RATE = envInt('RATE', 1000);
 const VIEWERS = envInt('VIEWERS', 50);
-const POLL_HZ = envFloat('POLL_HZ', 5);
+const POLL_HZ = envFloat('POLL_HZ', 1);
+const OPS_URL = envStr('OPS_URL', cfg.baseUrl).replace(/\/+$/, '');
 const PHASE_S = envInt('PHASE_S', 10);
 const ROUNDS = envInt('ROUNDS', 2);
 const SETTLE_S = envFloat('SETTLE_S', 1);
@@ -115,7 +119,7 @@ export function admission() {
 }
 
 export function view() {
-  const res = http.get(`${cfg.baseUrl}/v1/dashboard`, {
+  const res = http.get(`${OPS_URL}/v1/dashboard`, {
     tags: { name: 'dashboard' },
     timeout: cfg.timeout,
   });
@@ -127,7 +131,7 @@ export function view() {
 }
 
 export function control() {
-  const res = http.get(`${cfg.baseUrl}/healthz`, { tags: { name: 'healthz' }, timeout: cfg.timeout });
+  const res = http.get(`${OPS_URL}/healthz`, { tags: { name: 'healthz' }, timeout: cfg.timeout });
   if (!check(res, { 'healthz: 200': (r) => r.status === 200 })) {
     metrics.errors.add(1, { name: 'healthz' });
     if (res.status >= 500) metrics.http5xx.add(1, { name: 'healthz' });

@@ -85,8 +85,10 @@ dg_profile() {
         # requests) take turns, ROUNDS times each.
         DG_SCRIPT=dashboard.js
         : "${SKUS:=dash}" "${STOCK:=100000000}" "${HOLD_TTL_MS:=600000}"
-        : "${RATE:=1000}" "${VIEWERS:=50}" "${POLL_HZ:=5}" "${PHASE_S:=10}" "${ROUNDS:=2}" "${SETTLE_S:=1}"
-        : "${CONTROL:=1}"
+        # Viewers poll once a second, as the page does, on the operations
+        # listener (DROPGATE_OPS_LISTEN), where a deployment binds them.
+        : "${RATE:=1000}" "${VIEWERS:=50}" "${POLL_HZ:=1}" "${PHASE_S:=10}" "${ROUNDS:=2}" "${SETTLE_S:=1}"
+        : "${CONTROL:=1}" "${OPS_LISTEN:=1}"
         : "${DURATION:=$(((CONTROL == 1 ? 3 : 2) * ROUNDS * PHASE_S))s}" "${SAMPLE_S:=1}"
         export VIEWERS POLL_HZ PHASE_S ROUNDS SETTLE_S CONTROL
         DG_UNITS_RETURN=0
@@ -288,10 +290,19 @@ dg_start_server() {
     DG_PREFIX="load$rand"
     port="$(dg_free_port)"
     DG_URL="http://127.0.0.1:$port"
+    # OPS_LISTEN=1: dashboard, /metrics and probes on a second listener.
+    DG_OPS_URL="$DG_URL"
+    local ops=()
+    if [[ "${OPS_LISTEN:-0}" == 1 ]]; then
+        local ops_port
+        ops_port="$(dg_free_port)"
+        DG_OPS_URL="http://127.0.0.1:$ops_port"
+        ops=("DROPGATE_OPS_LISTEN=127.0.0.1:$ops_port")
+    fi
     DG_ADMIN_TOKEN="adm-$(dg_rand_hex 16)"
     DG_TOKENS="sf-$(dg_rand_hex 16),sf-$(dg_rand_hex 16)"
     DG_LOG="$DG_OUT/$DG_SCENARIO-dropgate.log"
-    dg_log "dropgate on $DG_URL, database $DG_DB, key prefix $DG_PREFIX, log $DG_LOG"
+    dg_log "dropgate on $DG_URL (operations $DG_OPS_URL), database $DG_DB, key prefix $DG_PREFIX, log $DG_LOG"
     # env execs dropgate, so $! is dropgate's own pid.
     env DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DG_DB" \
         REDIS_URL="$REDIS_URL" \
@@ -302,6 +313,7 @@ dg_start_server() {
         DROPGATE_GLOBAL_RPS="$DROPGATE_GLOBAL_RPS" \
         DROPGATE_KEY_PREFIX="$DG_PREFIX" \
         ${DROPGATE_LOG_JSON:+"DROPGATE_LOG_JSON=$DROPGATE_LOG_JSON"} \
+        "${ops[@]}" \
         "$DG_BIN" serve "$@" >"$DG_LOG" 2>&1 &
     DG_PID=$!
     local i
@@ -344,14 +356,14 @@ dg_seed() {
 
 # One gauge or counter from /metrics (first matching series), "" when absent.
 dg_metric() {
-    curl -s "$DG_URL/metrics" | awk -v name="$1" '$1 == name { print $2; exit }'
+    curl -s "$DG_OPS_URL/metrics" | awk -v name="$1" '$1 == name { print $2; exit }'
 }
 
 # The sum of every series of one metric whose labels contain $2 (e.g.
 # 'outcome="held"'; "" for all), 0 when absent; "" when /metrics does not answer.
 dg_metric_sum() {
     local text
-    text="$(curl -s --max-time 5 "$DG_URL/metrics")" || return 0
+    text="$(curl -s --max-time 5 "$DG_OPS_URL/metrics")" || return 0
     awk -v name="$1" -v want="$2" '
         { split($1, parts, "{") }
         parts[1] == name && index($1, want) { s += $2 }
@@ -382,7 +394,7 @@ dg_sampler_start() {
         trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
         while true; do
             now="$(date +%s)"
-            metrics="$(curl -s --max-time 2 "$DG_URL/metrics")"
+            metrics="$(curl -s --max-time 2 "$DG_OPS_URL/metrics")"
             printf '%s,%s,%s,%s,%s,%s\n' "$now" "$((now - start))" "$(dg_redis_used_memory)" "$(dg_rss_kb)" \
                 "$(awk '$1 == "dropgate_commit_lag_seconds" { print $2 }' <<<"$metrics")" \
                 "$(awk '/^dropgate_admissions_total/ { s += $2 } END { print s + 0 }' <<<"$metrics")" >>"$csv"

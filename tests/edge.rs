@@ -478,3 +478,62 @@ async fn the_operations_listener_serves_dashboard_and_metrics_apart_from_the_api
     assert_problem(ops(&format!("/v1/skus/{SKU}")).await, 404, "not_found").await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_viewers_than_the_operations_listeners_connection_cap_are_all_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    // More keep-alive viewers than the operations listener's 32 connections,
+    // each polling as fast as it is answered, as browsers keep polling.
+    const VIEWERS: usize = 48;
+    let ops_port = common::process::free_port();
+    let mut config = test_config();
+    config.ops_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], ops_port)));
+    let app = spawn_app_with(config).await;
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let viewers = (0..VIEWERS).map(|_| {
+        let served = served.clone();
+        tokio::spawn(async move {
+            let mut answered = false;
+            let mut stream: Option<TcpStream> = None;
+            while served.load(std::sync::atomic::Ordering::SeqCst) < VIEWERS {
+                let open = match stream.as_mut() {
+                    Some(open) => open,
+                    None => {
+                        stream.insert(TcpStream::connect(("127.0.0.1", ops_port)).await.unwrap())
+                    }
+                };
+                open.write_all(b"GET /healthz HTTP/1.1\r\nHost: dropgate\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buffer = vec![0u8; 4096];
+                let mut read = 0;
+                while !String::from_utf8_lossy(&buffer[..read]).contains("{\"status\":\"ok\"}") {
+                    let n = open.read(&mut buffer[read..]).await.unwrap();
+                    assert!(n > 0, "closed before answering");
+                    read += n;
+                }
+                if !answered {
+                    answered = true;
+                    served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                // A browser opens a new connection when told to close.
+                let head = String::from_utf8_lossy(&buffer[..read]).to_ascii_lowercase();
+                if head.contains("connection: close") {
+                    stream = None;
+                }
+            }
+        })
+    });
+    let viewers: Vec<_> = viewers.collect();
+    let all = futures::future::join_all(viewers);
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(30), all).await;
+    let Ok(viewers) = finished else {
+        let served = served.load(std::sync::atomic::Ordering::SeqCst);
+        panic!("{served} of {VIEWERS} viewers served; the rest wait behind the cap");
+    };
+    for viewer in viewers {
+        viewer.unwrap();
+    }
+    app.stop().await;
+}

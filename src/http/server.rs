@@ -1,12 +1,16 @@
 //! The HTTP/1.1 server loop: accepts connections up to a cap below the
 //! process's descriptor limit, and closes connections that are slow to send
 //! their requests or sit idle, so that no client can hold the server's
-//! connections (slowloris) and lock everyone else out.
+//! connections (slowloris) and lock everyone else out. At the cap, answers
+//! close their connection (`Connection: close`), so busy keep-alive clients
+//! (a crowd of dashboard viewers polling every second) take turns with the
+//! connections waiting in the backlog instead of starving them.
 //!
 //! `axum::serve` has no such knobs, so this is hyper's connection builder
 //! driven directly, with the router as its service.
 
 use axum::Router;
+use axum::http::{HeaderValue, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -111,10 +115,19 @@ pub async fn serve(
 
         let first_head = Arc::new(AtomicBool::new(false));
         let service = {
-            let (router, first_head) = (router.clone(), first_head.clone());
+            let (router, first_head, open) = (router.clone(), first_head.clone(), open.clone());
             hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 first_head.store(true, Ordering::Relaxed);
-                router.clone().oneshot(request)
+                let (answer, open) = (router.clone().oneshot(request), open.clone());
+                async move {
+                    let mut response = answer.await?;
+                    if open.available_permits() == 0 {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             })
         };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
