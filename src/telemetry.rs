@@ -258,6 +258,19 @@ fn install_dispatch() {
     });
 }
 
+/// Spawns `future` as a task whose recordings land where the current
+/// task's do (its [`Metrics::scope`], if any).
+pub fn spawn_scoped<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match CURRENT.try_with(Metrics::clone) {
+        Ok(metrics) => tokio::spawn(metrics.scope(future)),
+        Err(_) => tokio::spawn(future),
+    }
+}
+
 fn current<T>(use_it: impl FnOnce(&Recorded) -> T) -> T {
     match CURRENT.try_with(Metrics::clone) {
         Ok(metrics) => use_it(&metrics.inner),

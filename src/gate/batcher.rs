@@ -162,7 +162,7 @@ impl Gate {
         // them unanswered.
         let gate = self.clone();
         let request = request.clone();
-        tokio::spawn(async move { gate.lead(request, others).await })
+        crate::telemetry::spawn_scoped(async move { gate.lead(request, others).await })
             .await
             .unwrap_or_else(|_| Err(GateError::protocol("admission batch task failed")))
     }
