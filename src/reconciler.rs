@@ -185,6 +185,10 @@ impl Reconciler {
             _ => None,
         };
         skus.extend(page.into_iter().map(|row| row.sku));
+        // Those the last pass found missing from the gate are looked at
+        // again now, whichever page of the sweep found them: still missing,
+        // they are restored below.
+        skus.extend(progress.missing.iter().cloned());
         // Each SKU on its own: one that fails (a store error, a bad event)
         // is reported, checked again next pass, and the others go on.
         let skus: Vec<SkuId> = skus.into_iter().collect();

@@ -368,13 +368,29 @@ async fn a_sku_the_ledger_has_and_the_gate_lacks_is_restored_by_the_reconciler()
     app.app.ledger.ensure_sku(&sku, &settings).await.unwrap();
     assert_problem(app.get("/v1/skus/ghost").await, 404, "not_found").await;
 
+    // A catalogue larger than a pass's sweep: the ledger's page of the
+    // next pass no longer holds the SKU.
+    for n in 0..4 {
+        app.create_sku(&format!("z-{n}"), json!({"on_hand": 1}))
+            .await;
+    }
+    let config = dropgate::reconciler::Config {
+        sweep_skus: 2,
+        ..Default::default()
+    };
+
     // Missing in one pass may be a PUT half-way; missing in two is restored.
-    let reconciler = dropgate::reconciler::Reconciler::new(app.app.clone());
+    let reconciler = dropgate::reconciler::Reconciler::with_config(app.app.clone(), config);
     let first = reconciler.run_once().await.unwrap();
     assert_eq!(first.missing, vec![sku.clone()], "{first:?}");
     assert_problem(app.get("/v1/skus/ghost").await, 404, "not_found").await;
     let second = reconciler.run_once().await.unwrap();
     assert!(second.failed.is_empty(), "{second:?}");
+    assert_eq!(
+        second.missing,
+        vec![sku.clone()],
+        "looked at again: {second:?}"
+    );
     let restored = app.sku("ghost").await;
     assert_eq!(
         (
